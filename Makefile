@@ -1,0 +1,39 @@
+# farmhand: `make run` runs the example task, `make test` runs the whole suite.
+# Both set up a fresh Debian 12 host as root (packages, dockerd, local images).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: run test unit integration host images venv clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+host:
+	bash scripts/setup-host.sh
+
+images: host
+	bash scripts/build-test-images.sh
+
+run: venv images
+	WORKING_DIR=$(CURDIR)/var $(VENV)/bin/farmhand --config examples/config.yml run-task examples/hello.yml
+
+test: venv images
+	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: venv images
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis var

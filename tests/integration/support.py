@@ -1,0 +1,48 @@
+"""Helpers shared by the integration tests (imported as ``support``)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+BUSYBOX = "farmhand-test/busybox:latest"
+
+
+class Recorder:
+    """Reporter that keeps what the engine said, for assertions on stages and progress."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def stage_started(self, task_id: str, stage: str) -> None:
+        self.events.append(("start", stage))
+
+    def stage_finished(self, task_id: str, stage: str, outcome: str, duration: float) -> None:
+        self.events.append(("end", stage, outcome))
+
+    def progress(self, task_id: str, stage: str, message: str, **fields: Any) -> None:
+        self.events.append(("progress", stage, message))
+
+
+def busybox_task(script: str, **fields: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"image": BUSYBOX, "pull": "never", "command": ["sh", "-c", script], "max_run_time": 60}
+    doc.update(fields)
+    return doc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")

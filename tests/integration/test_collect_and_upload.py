@@ -1,0 +1,107 @@
+"""Collect and upload: artifacts cannot reach host files, missing ones fail the task, nothing is lost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from support import BUSYBOX, busybox_task
+
+HOST_SHADOW = Path("/etc/shadow")
+
+
+def _all_bytes_under(root: Path) -> list[bytes]:
+    return [p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+
+
+def _host_only_shadow_lines(client) -> list[bytes]:
+    """Lines of the host's /etc/shadow that the image's own /etc/shadow does not have."""
+    image_lines = set(client.containers.run(BUSYBOX, ["cat", "/etc/shadow"], remove=True).splitlines())
+    lines = [line for line in HOST_SHADOW.read_bytes().splitlines() if line.strip() and line not in image_lines]
+    assert lines, "the host's /etc/shadow must differ from the image's for this test to mean anything"
+    return lines
+
+
+def test_symlink_artifact_to_etc_shadow_yields_no_host_data(run_task, workdir, client):
+    marker_lines = _host_only_shadow_lines(client)
+    result = run_task(
+        busybox_task(
+            "mkdir -p /out/dir; ln -s /etc/shadow /out/shadow; ln -s /etc/shadow /out/dir/shadow-link;"
+            "ln -s ../../../../../../etc/shadow /out/dir/climb; echo fine > /out/dir/ok.txt",
+            task_id="symlink-1",
+            artifacts=[
+                {"path": "/out/shadow", "name": "shadow"},
+                {"path": "/out/dir", "name": "dir", "type": "directory"},
+            ],
+        )
+    )
+    assert (result.state, result.reason) == ("failed", "artifact-invalid")
+    assert "symbolic link" in result.message
+    shadow, directory = result.artifacts
+    assert shadow["present"] is False and shadow["location"] is None
+    assert [f["path"] for f in directory["files"]] == ["ok.txt"]
+    assert any("shadow-link" in s for s in directory["skipped"]) and any("climb" in s for s in directory["skipped"])
+    everything = _all_bytes_under(workdir)
+    assert everything, "the workspace and warehouse hold the task's files"
+    for blob in everything:
+        for line in marker_lines:
+            assert line not in blob
+    for path in workdir.rglob("*"):
+        assert not path.is_symlink(), f"a link was recreated on the host: {path}"
+
+
+def test_missing_required_artifact_fails_optional_does_not(run_task):
+    result = run_task(
+        busybox_task(
+            "echo hi > /tmp/present",
+            artifacts=[
+                {"path": "/tmp/present", "name": "present"},
+                {"path": "/tmp/nope-optional", "name": "opt", "optional": True},
+                {"path": "/tmp/nope-required", "name": "req"},
+            ],
+        )
+    )
+    assert (result.state, result.reason) == ("failed", "artifact-missing")
+    assert "/tmp/nope-required" in result.message and "nope-optional" not in result.message
+    present = result.artifacts[0]
+    assert present["present"] and present["location"] and Path(urlsplit(present["location"]).path).read_text() == "hi\n"
+
+
+def test_artifact_of_the_wrong_type_is_invalid(run_task):
+    result = run_task(busybox_task("mkdir -p /out/d", artifacts=[{"path": "/out/d", "name": "d", "type": "file"}]))
+    assert (result.state, result.reason) == ("failed", "artifact-invalid")
+
+
+def test_failed_upload_keeps_every_file(run_task, make_config, tmp_path, workdir):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the warehouse should be")
+    cfg = make_config(upload={"default": blocker.as_uri() + "/warehouse/"})
+    result = run_task(
+        busybox_task("echo precious-log; echo precious-data > /tmp/data.txt", task_id="upfail-1", artifacts=[{"path": "/tmp/data.txt", "name": "data.txt"}]),
+        cfg,
+    )
+    assert (result.state, result.reason) == ("exception", "upload-failed")
+    ws = workdir / "tasks" / "upfail-1"
+    assert str(ws) in result.message
+    assert "precious-log" in (ws / "task.log").read_text()
+    assert (ws / "artifacts" / "data.txt").read_text() == "precious-data\n"
+    stored = json.loads((ws / "result.json").read_text())
+    assert stored["reason"] == "upload-failed" and stored["artifacts"][0]["location"] is None
+
+
+def test_task_upload_target_allowed_by_policy(run_task, make_config, tmp_path):
+    shared = tmp_path / "shared-warehouse"
+    cfg = make_config(upload={"allowed_targets": [shared.as_uri() + "/"]})
+    result = run_task(busybox_task("echo to-shared", task_id="shared-1", upload=shared.as_uri() + "/zim/"), cfg)
+    assert result.state == "succeeded", result.message
+    assert (shared / "zim" / "shared-1" / "task.log").read_text().endswith("to-shared\n")
+
+
+def test_same_task_id_twice_is_refused(run_task, workdir):
+    first = run_task(busybox_task("echo once", task_id="twice-1"))
+    assert first.state == "succeeded"
+    second = run_task(busybox_task("echo again", task_id="twice-1"))
+    assert (second.state, second.reason) == ("exception", "duplicate-task-id")
+    stored = json.loads((workdir / "tasks" / "twice-1" / "result.json").read_text())
+    assert stored["state"] == "succeeded", "the first task's result is not overwritten"

@@ -1,0 +1,172 @@
+"""A task end to end in a real container: outcomes of the run stage and their reasons."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from support import Recorder, busybox_task
+
+
+def _path(uri: str) -> Path:
+    return Path(urlsplit(uri).path)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_success_with_file_and_directory_artifacts(run_task, workdir):
+    rec = Recorder()
+    result = run_task(
+        busybox_task(
+            "echo out-line; echo err-line >&2; mkdir -p /out/tree/sub; printf 'answer 42' > /out/a.txt;"
+            "printf one > /out/tree/1.txt; printf two > /out/tree/sub/2.txt; echo id=$FARMHAND_TASK_ID",
+            task_id="ok-1",
+            artifacts=[
+                {"path": "/out/a.txt", "name": "a.txt"},
+                {"path": "/out/tree", "name": "tree", "type": "directory"},
+            ],
+            labels={"team": "zim"},
+        ),
+        reporter=rec,
+    )
+    doc = result.to_dict()
+    assert (doc["state"], doc["reason"], doc["exit_code"]) == ("succeeded", None, 0), doc["message"]
+    assert doc["labels"] == {"team": "zim"}
+    assert list(doc["stages"]) == ["prepare", "run", "collect", "cleanup", "upload"]
+    assert all(s["outcome"] == "ok" and s["duration"] >= 0 for s in doc["stages"].values())
+    assert [e for e in rec.events if e[0] != "progress"][:2] == [("start", "prepare"), ("end", "prepare", "ok")]
+
+    a, tree = doc["artifacts"]
+    uploaded = _path(a["location"])
+    assert uploaded.read_bytes() == b"answer 42"
+    assert a["sha256"] == _sha(uploaded) == hashlib.sha256(b"answer 42").hexdigest()
+    assert a["size"] == 9
+    tree_root = _path(tree["location"])
+    files = {f["path"]: f for f in tree["files"]}
+    assert set(files) == {"1.txt", "sub/2.txt"}
+    for rel, entry in files.items():
+        assert _sha(tree_root / rel) == entry["sha256"]
+    manifest = "".join(f"{files[p]['sha256']}  {p}\n" for p in sorted(files))
+    assert tree["sha256"] == hashlib.sha256(manifest.encode()).hexdigest()
+    assert tree["size"] == 6
+
+    log = _path(doc["log"]["location"]).read_text()
+    assert "out-line" in log and "err-line" in log and "id=ok-1" in log
+    assert log.splitlines()[0][:4].isdigit(), "each line is timestamped"
+    assert doc["log"]["sha256"] == _sha(_path(doc["log"]["location"]))
+    assert doc["log"]["truncated"] is False
+
+    ws = workdir / "tasks" / "ok-1"
+    assert json.loads((ws / "result.json").read_text())["state"] == "succeeded"
+    assert not (ws / "task.log").exists() and not (ws / "artifacts").exists(), "local copies go once the upload is confirmed"
+
+
+def test_nonzero_exit_fails_and_keeps_the_log(run_task):
+    result = run_task(busybox_task("echo about to fail; exit 3"))
+    assert (result.state, result.reason, result.exit_code) == ("failed", "nonzero-exit", 3)
+    assert "about to fail" in _path(result.log["location"]).read_text()
+
+
+def test_max_run_time_stops_the_task(run_task):
+    result = run_task(busybox_task("echo started; sleep 300", max_run_time=2))
+    assert (result.state, result.reason) == ("failed", "max-run-time")
+    assert result.stages["run"]["duration"] < 15
+    assert "started" in _path(result.log["location"]).read_text()
+
+
+def test_idle_timeout_stops_a_silent_task_but_not_a_chatty_one(run_task):
+    silent = run_task(busybox_task("echo hello; sleep 300", idle_timeout=2))
+    assert (silent.state, silent.reason) == ("failed", "idle-timeout")
+    assert silent.stages["run"]["duration"] < 15
+    chatty = run_task(busybox_task("for i in 1 2 3 4 5 6 7 8; do echo tick $i; sleep 0.5; done", idle_timeout=2))
+    assert (chatty.state, chatty.reason) == ("succeeded", None)
+
+
+def test_memory_limit_gives_oom_killed(run_task):
+    result = run_task(busybox_task("dd if=/dev/zero of=/dev/null bs=256M count=1", resources={"memory": "32m"}))
+    assert (result.state, result.reason) == ("failed", "oom-killed")
+
+
+def test_fork_bomb_is_held_by_the_pids_limit(run_task, client):
+    result = run_task(busybox_task("bomb() { bomb | bomb & }; bomb; sleep 10", max_run_time=6, resources={"pids": 40}))
+    assert result.state == "failed"
+    assert result.reason in ("max-run-time", "nonzero-exit")
+    if result.usage["samples"]:
+        assert result.usage["peak_pids"] <= 40
+    assert "can't fork" in _path(result.log["location"]).read_text()
+    # The host is still able to start containers.
+    assert client.containers.run("farmhand-test/busybox:latest", ["true"], remove=True) == b""
+
+
+def test_retry_on_exit_codes_means_intermittent(run_task):
+    result = run_task(busybox_task("exit 75", retry_on_exit_codes=[75, 76]))
+    assert (result.state, result.reason, result.exit_code) == ("exception", "intermittent", 75)
+
+
+def test_secret_values_are_masked_and_never_stored(run_task, workdir):
+    secret = "hunter2-XYZZY-0123456789"
+    result = run_task(
+        busybox_task(
+            # Printed whole, then in two writes, then on stderr.
+            'echo "token=$API_TOKEN"; printf "%s" "${API_TOKEN%%-*}"; sleep 0.2; printf "%s\\n" "-${API_TOKEN#*-}"; echo "$API_TOKEN" >&2; echo "user=$USER_NAME"',
+            task_id="secret-1",
+            env={"API_TOKEN": secret, "USER_NAME": "visible-user"},
+            secret_env=["API_TOKEN"],
+        )
+    )
+    assert result.state == "succeeded", result.message
+    log = _path(result.log["location"]).read_text()
+    assert secret not in log and "hunter2" not in log
+    assert "token=***" in log and "user=visible-user" in log
+    for stored in (workdir / "tasks" / "secret-1").rglob("*"):
+        if stored.is_file():
+            assert secret not in stored.read_text(errors="replace"), stored
+    assert secret not in json.dumps(result.to_dict())
+
+
+def test_hardening_no_new_privileges_and_reduced_capabilities(run_task):
+    result = run_task(busybox_task("grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; ping -c1 -W1 127.0.0.1 && echo PING-OK || echo PING-DENIED"))
+    assert result.state == "succeeded", result.message
+    log = _path(result.log["location"]).read_text()
+    assert "NoNewPrivs:\t1" in log
+    cap_eff = int(log.split("CapEff:\t")[1].split()[0], 16)
+    assert not cap_eff & (1 << 13), "CAP_NET_RAW must be dropped"
+    assert not cap_eff & (1 << 21), "CAP_SYS_ADMIN must be dropped"
+    assert "PING-DENIED" in log
+
+
+def test_network_none_has_only_loopback(run_task):
+    result = run_task(busybox_task("ls /sys/class/net", network="none"))
+    assert result.state == "succeeded", result.message
+    lines = _path(result.log["location"]).read_text().splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == ["lo"]
+
+
+def test_limits_reach_the_container(run_task):
+    result = run_task(
+        busybox_task(
+            "ulimit -n; ulimit -s; df -k /dev/shm | tail -1",
+            resources={"ulimits": {"nofile": {"soft": 2048, "hard": 4096}, "stack": 16384}, "shm_size": "16m"},
+        )
+    )
+    assert result.state == "succeeded", result.message
+    lines = [line.split(" ", 1)[1] for line in _path(result.log["location"]).read_text().splitlines()]
+    assert lines[0] == "2048"
+    assert lines[1] == "16"  # ulimit -s reports KiB: 16384 bytes
+    assert " 16384 " in lines[2]
+
+
+def test_log_is_capped_and_truncation_marked(run_task, make_config):
+    cfg = make_config(logs={"max_bytes": "64k"})
+    result = run_task(busybox_task("yes 0123456789abcdef0123456789abcdef | head -c 2000000; echo; echo done"), cfg)
+    assert result.state == "succeeded", result.message
+    assert result.log["truncated"] is True
+    assert result.log["dropped_bytes"] > 1_000_000
+    data = _path(result.log["location"]).read_bytes()
+    assert len(data) <= 64 * 1024 + 200
+    assert b"[farmhand] log truncated" in data
+    assert result.log["size"] == len(data)

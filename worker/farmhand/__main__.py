@@ -1,0 +1,3 @@
+from farmhand.cli import main
+
+raise SystemExit(main())

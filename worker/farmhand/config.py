@@ -1,0 +1,227 @@
+"""The worker's configuration: one YAML file, overridden by environment variables.
+
+The config is the host's policy. Tasks ask, the config decides; so every
+value is validated at start-up and a bad one stops the worker with a line
+naming it, instead of surfacing later as a confusing task failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from docker.utils import parse_bytes
+
+from farmhand.errors import ConfigError
+from farmhand.validation import errors_for
+
+DEFAULT_CONFIG_PATH = "/etc/farmhand/config.yml"
+
+#: Docker's default capability set minus what a batch task has no business
+#: with (raw sockets, mknod, setfcap, audit, chroot, setpcap).
+DEFAULT_CAPABILITIES = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID", "NET_BIND_SERVICE"]
+
+DEFAULTS: dict[str, Any] = {
+    "working_dir": "/var/lib/farmhand",
+    "docker": {"base_url": None, "timeout": 120},
+    "registries": {},
+    "images": {"allowed": ["*"], "pull_attempts": 3, "pull_backoff": 2.0},
+    "limits": {
+        "max_run_time": 86400,
+        "defaults": {"pids": 4096, "shm_size": "64m", "ulimits": {}},
+        "ceilings": {"pids": 65536, "shm_size": "4g", "ulimits": {"nofile": 1048576}},
+        "kill_grace": 10,
+    },
+    "allow": {"privileged": False, "capabilities": [], "host_mounts": [], "devices": [], "caches": True},
+    "container": {"capabilities": DEFAULT_CAPABILITIES},
+    "logs": {"max_bytes": "1g"},
+    "upload": {"default": None, "allowed_targets": [], "keep_local": False},
+}
+
+#: Environment variables that override a config key, with the type to read them as.
+ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], type]] = {
+    "WORKING_DIR": (("working_dir",), str),
+    "FARMHAND_LOG_MAX_BYTES": (("logs", "max_bytes"), str),
+    "FARMHAND_UPLOAD_DEFAULT": (("upload", "default"), str),
+    "FARMHAND_KILL_GRACE": (("limits", "kill_grace"), float),
+}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Container limits in Docker's units; None means "not limited"."""
+
+    cpus: float | None = None
+    memory: int | None = None
+    pids: int | None = None
+    shm_size: int | None = None
+    ulimits: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> "Resources":
+        ulimits: dict[str, tuple[int, int]] = {}
+        for name, value in (doc.get("ulimits") or {}).items():
+            if isinstance(value, dict):
+                ulimits[name] = (int(value["soft"]), int(value["hard"]))
+            else:
+                ulimits[name] = (int(value), int(value))
+        return cls(
+            cpus=float(doc["cpus"]) if doc.get("cpus") is not None else None,
+            memory=parse_size(doc.get("memory")),
+            pids=int(doc["pids"]) if doc.get("pids") is not None else None,
+            shm_size=parse_size(doc.get("shm_size")),
+            ulimits=ulimits,
+        )
+
+    def overlaid_by(self, other: "Resources") -> "Resources":
+        """``other``'s values where it has them, ours elsewhere."""
+        return Resources(
+            cpus=other.cpus if other.cpus is not None else self.cpus,
+            memory=other.memory if other.memory is not None else self.memory,
+            pids=other.pids if other.pids is not None else self.pids,
+            shm_size=other.shm_size if other.shm_size is not None else self.shm_size,
+            ulimits={**self.ulimits, **other.ulimits},
+        )
+
+
+def parse_size(value: int | str | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    return int(parse_bytes(value))
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Validated, typed view of the config document."""
+
+    working_dir: Path
+    docker_base_url: str | None
+    docker_timeout: float
+    registries: dict[str, dict[str, str]]
+    allowed_images: list[str]
+    pull_attempts: int
+    pull_backoff: float
+    max_run_time: int
+    default_resources: Resources
+    ceilings: Resources
+    kill_grace: float
+    allow_privileged: bool
+    allowed_capabilities: list[str]
+    allowed_host_mounts: list[str]
+    allowed_devices: list[str]
+    allow_caches: bool
+    container_capabilities: list[str]
+    log_max_bytes: int
+    upload_default: str
+    upload_allowed_targets: list[str]
+    keep_local: bool
+    source: str = "defaults"
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.working_dir / "tasks"
+
+    def credentials_for(self, registry: str) -> dict[str, str] | None:
+        entry = self.registries.get(registry)
+        if entry is None:
+            return None
+        return {"username": entry["username"], "password": entry["password"]}
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key != "registries":
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _apply_env(doc: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    errors = []
+    for var, (path, kind) in ENV_OVERRIDES.items():
+        raw = environ.get(var)
+        if raw is None or raw == "":
+            continue
+        try:
+            value: Any = kind(raw)
+        except ValueError:
+            errors.append(f"{var}: {raw!r} is not a valid {kind.__name__}")
+            continue
+        target = doc
+        for key in path[:-1]:
+            target = target.setdefault(key, {})
+        target[path[-1]] = value
+    return errors
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> WorkerConfig:
+    """Read the config file (none at all means defaults), apply env overrides, validate.
+
+    ``path`` defaults to $FARMHAND_CONFIG, then /etc/farmhand/config.yml. A path
+    given explicitly must exist; the default one may be absent.
+    """
+    environ = os.environ if environ is None else environ
+    explicit = path is not None or bool(environ.get("FARMHAND_CONFIG"))
+    cfg_path = Path(path or environ.get("FARMHAND_CONFIG") or DEFAULT_CONFIG_PATH)
+    file_doc: Any = {}
+    source = "defaults"
+    if cfg_path.exists():
+        try:
+            file_doc = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{cfg_path}: not valid YAML: {exc}") from exc
+        except OSError as exc:
+            raise ConfigError(f"{cfg_path}: cannot be read: {exc.strerror}") from exc
+        source = str(cfg_path)
+    elif explicit:
+        raise ConfigError(f"{cfg_path}: config file does not exist")
+    if not isinstance(file_doc, dict):
+        raise ConfigError(f"{cfg_path}: the top level must be a mapping of settings")
+
+    errors = errors_for("config-v1.json", file_doc, "config")
+    if errors:
+        raise ConfigError(f"{source}: invalid configuration:\n" + "\n".join(f"  - {e}" for e in errors))
+    doc = _merge(DEFAULTS, file_doc)
+    env_errors = _apply_env(doc, environ)
+    errors = env_errors + errors_for("config-v1.json", doc, "config")
+    if errors:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {e}" for e in errors))
+    return _typed(doc, source)
+
+
+def _typed(doc: dict[str, Any], source: str) -> WorkerConfig:
+    working_dir = Path(doc["working_dir"])
+    limits = doc["limits"]
+    upload_default = doc["upload"]["default"] or (working_dir / "warehouse").as_uri() + "/"
+    return WorkerConfig(
+        working_dir=working_dir,
+        docker_base_url=doc["docker"]["base_url"],
+        docker_timeout=float(doc["docker"]["timeout"]),
+        registries=dict(doc["registries"]),
+        allowed_images=list(doc["images"]["allowed"]),
+        pull_attempts=int(doc["images"]["pull_attempts"]),
+        pull_backoff=float(doc["images"]["pull_backoff"]),
+        max_run_time=int(limits["max_run_time"]),
+        default_resources=Resources.from_doc(limits["defaults"]),
+        ceilings=Resources.from_doc(limits["ceilings"]),
+        kill_grace=float(limits["kill_grace"]),
+        allow_privileged=bool(doc["allow"]["privileged"]),
+        allowed_capabilities=list(doc["allow"]["capabilities"]),
+        allowed_host_mounts=list(doc["allow"]["host_mounts"]),
+        allowed_devices=list(doc["allow"]["devices"]),
+        allow_caches=bool(doc["allow"]["caches"]),
+        container_capabilities=list(doc["container"]["capabilities"]),
+        log_max_bytes=int(parse_size(doc["logs"]["max_bytes"]) or 0),
+        upload_default=upload_default,
+        upload_allowed_targets=list(doc["upload"]["allowed_targets"]),
+        keep_local=bool(doc["upload"]["keep_local"]),
+        source=source,
+    )

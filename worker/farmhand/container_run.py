@@ -1,0 +1,210 @@
+"""The run stage: start the task's container under its limits and watch it to the end.
+
+Three threads cooperate: one copies output to the log, one waits for the exit,
+one samples usage; this thread only enforces the clocks (max_run_time,
+idle_timeout) and reads the verdict, so no stream can stall the supervision.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import docker
+from docker.errors import APIError, DockerException, NotFound
+from docker.types import Ulimit
+
+from farmhand.config import Resources, WorkerConfig
+from farmhand.logpump import LogPump, LogSummary
+from farmhand.masking import StreamMasker
+from farmhand.task import Task
+
+
+@dataclass
+class RunOutcome:
+    container_id: str
+    exit_code: int | None
+    oom_killed: bool
+    stopped_for: str | None  # "max-run-time" | "idle-timeout" | None
+    log: LogSummary
+    usage: dict[str, Any] = field(default_factory=dict)
+    runtime: float = 0.0
+
+
+def hardening(config: WorkerConfig) -> dict[str, Any]:
+    """Options every container of a task gets, services included."""
+    return {
+        "cap_drop": ["ALL"],
+        "cap_add": list(config.container_capabilities),
+        "security_opt": ["no-new-privileges:true"],
+    }
+
+
+def resource_options(res: Resources) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    if res.cpus is not None:
+        opts["nano_cpus"] = int(res.cpus * 1e9)
+    if res.memory is not None:
+        # Same value for memory+swap: a task cannot dodge its limit by swapping.
+        opts["mem_limit"] = res.memory
+        opts["memswap_limit"] = res.memory
+    if res.pids is not None:
+        opts["pids_limit"] = res.pids
+    if res.shm_size is not None:
+        opts["shm_size"] = res.shm_size
+    if res.ulimits:
+        opts["ulimits"] = [Ulimit(name=n, soft=s, hard=h) for n, (s, h) in sorted(res.ulimits.items())]
+    return opts
+
+
+def container_options(
+    config: WorkerConfig, task: Task, resources: Resources, network: str | None, volumes: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    opts = hardening(config)
+    opts["cap_add"] = sorted(set(opts["cap_add"]) | set(task.cap_add))
+    opts.update(resource_options(resources))
+    for mount in task.mounts:
+        volumes = {**volumes, mount.source: {"bind": mount.target, "mode": "ro" if mount.read_only else "rw"}}
+    opts.update(
+        command=task.command,
+        entrypoint=task.entrypoint,
+        environment={**task.env, "FARMHAND_TASK_ID": task.task_id},
+        working_dir=task.workdir,
+        user=task.user or "",
+        volumes=volumes or None,
+        privileged=task.privileged,
+        devices=[f"{d}:{d}:rwm" for d in task.devices] or None,
+        detach=True,
+    )
+    if network is None:
+        opts["network_mode"] = "none"
+    else:
+        opts["network"] = network
+    return opts
+
+
+class _UsageSampler:
+    """Keeps the peaks of Docker's stats stream; stops by itself when the container does."""
+
+    def __init__(self, client: docker.DockerClient, container_id: str) -> None:
+        self._client = client
+        self._id = container_id
+        self.peak_memory = 0
+        self.cpu_ns = 0
+        self.peak_pids = 0
+        self.samples = 0
+        self._thread = threading.Thread(target=self._run, name=f"stats:{container_id[:12]}", daemon=True)
+
+    def start(self) -> "_UsageSampler":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            for s in self._client.api.stats(self._id, stream=True, decode=True):
+                mem = s.get("memory_stats") or {}
+                if not mem and not s.get("pids_stats"):
+                    continue
+                self.samples += 1
+                self.peak_memory = max(self.peak_memory, int(mem.get("max_usage") or 0), int(mem.get("usage") or 0))
+                self.cpu_ns = max(self.cpu_ns, int(((s.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage") or 0))
+                self.peak_pids = max(self.peak_pids, int((s.get("pids_stats") or {}).get("current") or 0))
+        except (DockerException, ValueError, OSError):
+            pass
+
+    def summary(self) -> dict[str, Any]:
+        sampled = self.samples > 0
+        return {
+            "peak_memory_bytes": self.peak_memory if sampled else None,
+            "cpu_seconds": round(self.cpu_ns / 1e9, 3) if sampled else None,
+            "peak_pids": self.peak_pids if sampled else None,
+            "samples": self.samples,
+        }
+
+
+def run_container(
+    client: docker.DockerClient,
+    config: WorkerConfig,
+    task: Task,
+    options: dict[str, Any],
+    labels: dict[str, str],
+    log_path: Path,
+    report: Callable[[str], None],
+    tick: float = 0.25,
+) -> RunOutcome:
+    """Create, start and supervise the task's container until it exits or is stopped."""
+    container = client.containers.create(task.image, labels=labels, **options)
+    masker = StreamMasker(task.secret_values)
+    container.start()
+    started = time.monotonic()
+    report(f"container {container.short_id} started")
+
+    pump = LogPump(
+        container.logs(stream=True, follow=True, timestamps=True, stdout=True, stderr=True),
+        log_path,
+        config.log_max_bytes,
+        masker,
+    ).start()
+    sampler = _UsageSampler(client, container.id).start()
+
+    exited = threading.Event()
+    wait_result: dict[str, Any] = {}
+
+    def _wait() -> None:
+        try:
+            wait_result.update(container.wait())
+        except BaseException as exc:  # noqa: BLE001 - surfaced below
+            wait_result["error"] = exc
+        finally:
+            exited.set()
+
+    threading.Thread(target=_wait, name=f"wait:{container.short_id}", daemon=True).start()
+
+    stopped_for: str | None = None
+    deadline = started + task.max_run_time
+    while not exited.wait(tick):
+        now = time.monotonic()
+        if now >= deadline:
+            stopped_for = "max-run-time"
+        elif task.idle_timeout is not None and now - max(pump.last_output, started) >= task.idle_timeout:
+            stopped_for = "idle-timeout"
+        if stopped_for:
+            report(f"stopping container: {stopped_for}")
+            _stop(container, config.kill_grace)
+            exited.wait()
+            break
+    runtime = time.monotonic() - started
+
+    log = pump.wait(timeout=300)
+    if "error" in wait_result:
+        raise wait_result["error"]
+    try:
+        state = client.api.inspect_container(container.id)["State"]
+    except NotFound:
+        state = {}
+    exit_code = state.get("ExitCode", wait_result.get("StatusCode"))
+    return RunOutcome(
+        container_id=container.id,
+        exit_code=exit_code,
+        oom_killed=bool(state.get("OOMKilled")),
+        stopped_for=stopped_for,
+        log=log,
+        usage=sampler.summary(),
+        runtime=runtime,
+    )
+
+
+def _stop(container: Any, grace: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; a container already gone is fine."""
+    try:
+        container.stop(timeout=int(max(0, grace)))
+    except NotFound:
+        pass
+    except APIError:
+        try:
+            container.kill()
+        except (NotFound, APIError):
+            pass

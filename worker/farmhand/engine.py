@@ -1,0 +1,297 @@
+"""Run one task through prepare → run → collect → cleanup → upload and return its result.
+
+This is the whole core, and it knows no dispatcher: it takes a task document
+and gives back a ``Result``. Every path out of ``Engine.run`` — success, task
+failure, policy denial, Docker trouble, a bug — ends in a result document
+written to the task's workspace, with the task's containers removed.
+
+Cleanup runs before upload: helper services and the stopped container should
+not outlive the run while bytes travel, and upload only needs the local
+workspace.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import traceback
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import docker
+from docker.errors import APIError, DockerException
+
+from farmhand import artifacts as artifact_stage
+from farmhand import policy, sandbox
+from farmhand.config import WorkerConfig
+from farmhand.container_run import RunOutcome, container_options, hardening, run_container
+from farmhand.errors import ConfigError, PolicyDenied, TaskProblem, UploadFailed
+from farmhand.events import NullReporter, Reporter
+from farmhand.images import ensure_image
+from farmhand.masking import mask_text
+from farmhand.result import Result, write_json_atomic
+from farmhand.task import Task, parse_task
+from farmhand.uploaders import Uploader, UploadItem, uploader_for
+
+log = logging.getLogger("farmhand.engine")
+
+LOG_NAME = "task.log"
+
+
+def connect_docker(config: WorkerConfig) -> docker.DockerClient:
+    """A Docker client for the configured engine, checked to answer."""
+    try:
+        if config.docker_base_url:
+            client = docker.DockerClient(base_url=config.docker_base_url, timeout=int(config.docker_timeout))
+        else:
+            client = docker.from_env(timeout=int(config.docker_timeout))
+        client.ping()
+    except DockerException as exc:
+        where = config.docker_base_url or "DOCKER_HOST or /var/run/docker.sock"
+        raise ConfigError(f"docker: cannot reach the Docker engine at {where}: {exc}") from exc
+    return client
+
+
+class Engine:
+    def __init__(self, config: WorkerConfig, client: docker.DockerClient, reporter: Reporter | None = None) -> None:
+        self.config = config
+        self.client = client
+        self.reporter: Reporter = reporter or NullReporter()
+
+    # -- helpers -----------------------------------------------------------------
+    def _say(self, task_id: str, stage: str, message: str, **fields: Any) -> None:
+        try:
+            self.reporter.progress(task_id, stage, message, **fields)
+        except Exception:  # noqa: BLE001 - a broken display must not break a task
+            log.exception("reporter failed")
+
+    @contextmanager
+    def _stage(self, result: Result, name: str) -> Iterator[dict[str, Any]]:
+        """Time a stage in the result and tell the reporter when it starts and ends."""
+        self._notify("stage_started", result.task_id, name)
+        try:
+            with result.stage(name) as rec:
+                yield rec
+        finally:
+            rec = result.stages[name]
+            self._notify("stage_finished", result.task_id, name, rec["outcome"], rec["duration"])
+
+    def _notify(self, method: str, *args: Any) -> None:
+        try:
+            getattr(self.reporter, method)(*args)
+        except Exception:  # noqa: BLE001 - a broken display must not break a task
+            log.exception("reporter failed")
+
+    # -- the task ----------------------------------------------------------------
+    def run(self, document: Any, *, task_id: str | None = None) -> Result:
+        given_id = document.get("task_id") if isinstance(document, dict) else None
+        result = Result(task_id=task_id or (given_id if isinstance(given_id, str) else None) or uuid.uuid4().hex)
+        task: Task | None = None
+        workspace: Path | None = None
+        outcome: RunOutcome | None = None
+        collected: list[artifact_stage.Collected] = []
+        uploader: Uploader | None = None
+        owns_docker_objects = False
+        try:
+            with self._stage(result, "prepare") as rec:
+                task = parse_task(document, task_id=result.task_id)
+                result.task_id = task.task_id
+                result.labels = dict(task.labels)
+                policy.check(self.config, task)
+                target = task.upload or self.config.upload_default
+                try:
+                    uploader = uploader_for(target)
+                except UploadFailed as exc:
+                    raise PolicyDenied([f"task.upload: {exc.message}"]) from None
+                workspace = self._workspace(task)
+                result.workspace = str(workspace)
+                write_json_atomic(workspace / "task.json", task.redacted())
+                rec["upload_target"] = target
+                owns_docker_objects = True
+                options = self._prepare_docker(task, result)
+            with self._stage(result, "run"):
+                outcome = self._run(task, options, workspace)
+                self._record_run(task, outcome, result)
+            with self._stage(result, "collect"):
+                collected = self._collect(task, outcome, workspace, result)
+        except TaskProblem as problem:
+            secrets = task.secret_values if task else []
+            result.conclude(problem.state, problem.reason, mask_text(problem.message, secrets))
+        except DockerException as exc:
+            result.conclude("exception", "docker-error", f"Docker engine error: {_docker_text(exc)}")
+        except Exception as exc:  # noqa: BLE001 - every path must end in a result
+            log.error("internal error in task %s:\n%s", result.task_id, traceback.format_exc())
+            result.conclude("exception", "internal-error", f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if owns_docker_objects and task is not None:
+                with self._stage(result, "cleanup") as rec:
+                    problems = sandbox.cleanup(self.client, task.task_id)
+                    if problems:
+                        rec["outcome"] = "error"
+                        result.warnings.extend(f"cleanup: {p}" for p in problems)
+        if workspace is not None and task is not None and uploader is not None:
+            self._upload(task, uploader, workspace, outcome, collected, result)
+            result.finished_at = time.time()
+            write_json_atomic(workspace / "result.json", result.to_dict())
+        return result
+
+    def _workspace(self, task: Task) -> Path:
+        ws = self.config.tasks_dir / task.task_id
+        if (ws / "result.json").exists():
+            raise TaskProblem(f"task_id {task.task_id!r} already ran on this worker (see {ws}/result.json)", reason="duplicate-task-id")
+        (ws / "artifacts").mkdir(parents=True, exist_ok=True)
+        return ws
+
+    def _prepare_docker(self, task: Task, result: Result) -> dict[str, Any]:
+        tid = task.task_id
+
+        def pull_report(status: str, fields: dict[str, int]) -> None:
+            self._say(tid, "prepare", f"pulling {task.image}: {status}", **fields)
+
+        image_id = ensure_image(self.client, self.config, task.image, task.pull, pull_report)
+        result.image = {"name": task.image, "id": image_id}
+        for svc in task.services:
+            ensure_image(self.client, self.config, svc.image, svc.pull, pull_report)
+        network = sandbox.create_network(self.client, tid) if task.network == "bridge" else None
+        volumes = sandbox.ensure_caches(self.client, task.caches)
+        for svc in task.services:
+            assert network is not None  # checked by the task contract
+            sandbox.start_service(self.client, tid, svc, network, hardening(self.config), lambda m: self._say(tid, "prepare", m))
+        resources = policy.effective_resources(self.config, task)
+        return container_options(self.config, task, resources, network, volumes)
+
+    def _run(self, task: Task, options: dict[str, Any], workspace: Path) -> RunOutcome:
+        labels = {**{f"farmhand.label.{k}": v for k, v in task.labels.items()}, **sandbox.task_labels(task.task_id, "task")}
+        try:
+            return run_container(
+                self.client,
+                self.config,
+                task,
+                options,
+                labels,
+                workspace / LOG_NAME,
+                lambda m: self._say(task.task_id, "run", m),
+            )
+        except APIError as exc:
+            if exc.status_code is not None and 400 <= exc.status_code < 500 and exc.status_code != 404:
+                raise TaskProblem(f"the container could not start: {_docker_text(exc)}", reason="start-failed") from exc
+            raise
+
+    def _record_run(self, task: Task, outcome: RunOutcome, result: Result) -> None:
+        result.exit_code = outcome.exit_code
+        result.usage = outcome.usage
+        code = outcome.exit_code
+        if outcome.stopped_for == "max-run-time":
+            result.conclude("failed", "max-run-time", f"stopped after max_run_time of {task.max_run_time}s")
+        elif outcome.stopped_for == "idle-timeout":
+            result.conclude("failed", "idle-timeout", f"stopped after {task.idle_timeout}s without output (idle_timeout)")
+        elif outcome.oom_killed:
+            result.conclude("failed", "oom-killed", "the container ran out of memory and was killed (memory limit reached)")
+        elif code == 0:
+            result.conclude("succeeded", None)
+        elif code in task.retry_on_exit_codes:
+            result.conclude("exception", "intermittent", f"exit code {code} is listed in retry_on_exit_codes")
+        else:
+            result.conclude("failed", "nonzero-exit", f"the command exited with code {code}")
+        if not outcome.log.complete:
+            result.warnings.append("log: the output stream did not end cleanly; the log may be incomplete")
+
+    def _collect(self, task: Task, outcome: RunOutcome, workspace: Path, result: Result) -> list[artifact_stage.Collected]:
+        if not task.artifacts:
+            return []
+        container = self.client.containers.get(outcome.container_id)
+        collected = artifact_stage.collect(container, task.artifacts, workspace / "artifacts")
+        problems = []
+        for item in collected:
+            for skipped in item.skipped:
+                result.warnings.append(f"artifact {item.spec.name!r}: {skipped}")
+            if not item.present and not item.spec.optional:
+                problems.append(item.problem or f"artifact {item.spec.name!r} is missing")
+        result.artifacts = [self._artifact_record(i) for i in collected]
+        if problems and result.state == "succeeded":
+            invalid = any(not i.present and not i.spec.optional and "does not exist" not in (i.problem or "") for i in collected)
+            result.conclude("failed", "artifact-invalid" if invalid else "artifact-missing", "; ".join(problems))
+        elif problems:
+            result.warnings.extend(problems)
+        return collected
+
+    @staticmethod
+    def _artifact_record(item: artifact_stage.Collected) -> dict[str, Any]:
+        rec: dict[str, Any] = {
+            "name": item.spec.name,
+            "path": item.spec.path,
+            "type": item.spec.type,
+            "optional": item.spec.optional,
+            "present": item.present,
+            "size": item.size if item.present else None,
+            "sha256": item.sha256,
+            "location": None,
+        }
+        if item.problem:
+            rec["problem"] = item.problem
+        if item.present and item.spec.type == "directory":
+            rec["files"] = [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in item.files]
+        if item.skipped:
+            rec["skipped"] = item.skipped
+        return rec
+
+    def _upload(
+        self,
+        task: Task,
+        uploader: Uploader,
+        workspace: Path,
+        outcome: RunOutcome | None,
+        collected: list[artifact_stage.Collected],
+        result: Result,
+    ) -> None:
+        items: list[UploadItem] = []
+        log_path = workspace / LOG_NAME
+        if outcome is not None:
+            result.log = {
+                "location": None,
+                "size": outcome.log.size,
+                "sha256": outcome.log.sha256,
+                "truncated": outcome.log.truncated,
+                "dropped_bytes": outcome.log.dropped_bytes,
+            }
+            items.append(UploadItem(log_path, LOG_NAME, outcome.log.size, outcome.log.sha256))
+        for item in collected:
+            if not item.present or item.local_path is None:
+                continue
+            for f in item.files:
+                if item.spec.type == "file":
+                    items.append(UploadItem(item.local_path, item.spec.name, f.size, f.sha256))
+                else:
+                    items.append(UploadItem(item.local_path / f.path, f"{item.spec.name}/{f.path}", f.size, f.sha256))
+        if not items:
+            return
+        with self._stage(result, "upload") as rec:
+            try:
+                uploader.upload(task.task_id, items, lambda m: self._say(task.task_id, "upload", m))
+            except TaskProblem as problem:
+                rec["outcome"] = "error"
+                result.conclude("exception", "upload-failed", f"{problem.message}; the files are kept in {workspace}")
+                return
+            except Exception as exc:  # noqa: BLE001 - never lose the files over an uploader bug
+                rec["outcome"] = "error"
+                result.conclude("exception", "upload-failed", f"upload failed: {type(exc).__name__}: {exc}; the files are kept in {workspace}")
+                return
+            if result.log is not None:
+                result.log["location"] = uploader.location(task.task_id, LOG_NAME)
+            for rec_art, item in zip(result.artifacts, collected):
+                if item.present:
+                    suffix = "/" if item.spec.type == "directory" else ""
+                    rec_art["location"] = uploader.location(task.task_id, item.spec.name) + suffix
+            if not self.config.keep_local:
+                log_path.unlink(missing_ok=True)
+                shutil.rmtree(workspace / "artifacts", ignore_errors=True)
+
+
+def _docker_text(exc: DockerException) -> str:
+    text = getattr(exc, "explanation", None) or str(exc)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return str(text)

@@ -1,0 +1,63 @@
+"""Failures that end a task, each carrying the state and reason the result reports.
+
+A task problem is an outcome, not a crash: the engine turns every one of these
+into a result document, so the dispatcher always hears back.
+"""
+
+from __future__ import annotations
+
+
+class TaskProblem(Exception):
+    """Ends the task with ``state``/``reason``; ``message`` says why, for people."""
+
+    state = "exception"
+    reason = "internal-error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+
+class InvalidDocument(TaskProblem):
+    """A task or config document broke its schema; ``errors`` name each bad field."""
+
+    reason = "invalid-task"
+
+    def __init__(self, what: str, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__(f"{what} is invalid:\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+class PolicyDenied(TaskProblem):
+    """The task asks for more than this host's policy allows."""
+
+    reason = "policy-denied"
+
+    def __init__(self, violations: list[str]) -> None:
+        self.errors = violations
+        super().__init__("denied by this worker's policy:\n" + "\n".join(f"  - {v}" for v in violations))
+
+
+class ImageUnavailable(TaskProblem):
+    reason = "image-unavailable"
+
+
+class ServiceUnready(TaskProblem):
+    reason = "service-unready"
+
+
+class ArtifactProblem(TaskProblem):
+    """A required artifact is missing or not what the task declared."""
+
+    state = "failed"
+    reason = "artifact-missing"
+
+
+class UploadFailed(TaskProblem):
+    reason = "upload-failed"
+
+
+class ConfigError(Exception):
+    """The worker's own configuration is unusable; the worker must not start."""

@@ -1,0 +1,123 @@
+"""Make sure an image is on the host, as the task's pull policy says, with the host's credentials.
+
+Registry credentials come from the worker's config, keyed by registry host:
+a task names an image, never a password.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+from typing import Callable
+
+import docker
+from docker.auth import resolve_repository_name
+from docker.errors import APIError, DockerException, ImageNotFound
+from docker.utils import parse_repository_tag
+
+from farmhand.config import WorkerConfig
+from farmhand.errors import ImageUnavailable
+
+#: Registry answers that another try will not change.
+PERMANENT = re.compile(
+    r"unauthorized|authentication required|access.*denied|denied:|not found|manifest unknown|"
+    r"no basic auth credentials|invalid reference format|repository name must",
+    re.IGNORECASE,
+)
+
+ProgressFn = Callable[[str, dict[str, int]], None]
+
+
+def split_reference(image: str) -> tuple[str, str, str]:
+    """(registry, repository, tag-or-digest) of an image reference; tag defaults to latest."""
+    repo, tag = parse_repository_tag(image)
+    registry, _ = resolve_repository_name(repo)
+    return registry, repo, tag or "latest"
+
+
+def full_reference(image: str) -> str:
+    _, repo, tag = split_reference(image)
+    sep = "@" if tag.startswith("sha256:") else ":"
+    return f"{repo}{sep}{tag}"
+
+
+class _PullProgress:
+    """Sums per-layer progress into one (done, total) pair for display."""
+
+    def __init__(self, report: ProgressFn | None) -> None:
+        self._report = report
+        self._layers: dict[str, tuple[int, int]] = {}
+        self._last = 0.0
+
+    def feed(self, event: dict) -> None:
+        detail = event.get("progressDetail") or {}
+        layer = event.get("id")
+        if layer and "total" in detail:
+            self._layers[layer] = (int(detail.get("current", 0)), int(detail["total"]))
+        elif layer and event.get("status") in ("Pull complete", "Already exists", "Download complete"):
+            cur = self._layers.get(layer)
+            if cur:
+                self._layers[layer] = (cur[1], cur[1])
+        now = time.monotonic()
+        if self._report and now - self._last >= 0.5:
+            self._last = now
+            done = sum(c for c, _ in self._layers.values())
+            total = sum(t for _, t in self._layers.values())
+            self._report(str(event.get("status", "")), {"bytes_done": done, "bytes_total": total})
+
+
+def _pull_once(client: docker.DockerClient, image: str, auth: dict[str, str] | None, progress: _PullProgress) -> None:
+    _, repo, tag = split_reference(image)
+    for event in client.api.pull(repo, tag=tag, stream=True, decode=True, auth_config=auth):
+        if "error" in event:
+            raise APIError(str(event.get("error")))
+        progress.feed(event)
+
+
+def ensure_image(
+    client: docker.DockerClient,
+    config: WorkerConfig,
+    image: str,
+    pull_policy: str,
+    report: ProgressFn | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Return the local image id of ``image``, pulling as ``pull_policy`` says.
+
+    Raises ``ImageUnavailable`` with the registry's own words when the image
+    cannot be had: a missing image under ``never``, bad credentials, or a
+    registry still failing after ``pull_attempts`` tries with backoff.
+    """
+    ref = full_reference(image)
+    if pull_policy in ("never", "if-not-present"):
+        try:
+            return client.images.get(ref).id
+        except ImageNotFound:
+            if pull_policy == "never":
+                raise ImageUnavailable(f"image {image!r} is not on this host and its pull policy is 'never'") from None
+        except DockerException as exc:
+            raise ImageUnavailable(f"image {image!r}: cannot inspect it: {exc}") from exc
+
+    registry, _, _ = split_reference(image)
+    auth = config.credentials_for(registry)
+    progress = _PullProgress(report)
+    attempts = max(1, config.pull_attempts)
+    last: Exception | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            _pull_once(client, image, auth, progress)
+            return client.images.get(ref).id
+        except (APIError, DockerException) as exc:
+            last = exc
+            text = getattr(exc, "explanation", None) or str(exc)
+            if PERMANENT.search(str(text)) or attempt == attempts:
+                break
+            delay = config.pull_backoff * (2 ** (attempt - 1))
+            delay += random.uniform(0, delay / 2)
+            if report:
+                report(f"pull failed ({text}); try {attempt + 1} of {attempts} in {delay:.1f}s", {})
+            sleep(delay)
+    text = getattr(last, "explanation", None) or str(last)
+    who = f" with the credentials configured for {registry}" if auth else f" (no credentials configured for {registry})"
+    raise ImageUnavailable(f"image {image!r} could not be pulled{who}: {text}")

@@ -1,0 +1,130 @@
+"""Everything a task owns on the Docker host besides its main container: its network,
+its helper services and its cache volumes; and the cleanup that removes all of it.
+
+Ownership is recorded as labels (``farmhand.task-id``), so cleanup and a later
+worker can find a task's objects from Docker alone, with no state of ours.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import docker
+from docker.errors import APIError, DockerException, NotFound
+
+from farmhand.errors import ServiceUnready
+from farmhand.task import Service
+
+TASK_LABEL = "farmhand.task-id"
+ROLE_LABEL = "farmhand.role"
+CACHE_LABEL = "farmhand.cache"
+
+
+def task_labels(task_id: str, role: str) -> dict[str, str]:
+    return {TASK_LABEL: task_id, ROLE_LABEL: role}
+
+
+def network_name(task_id: str) -> str:
+    return f"farmhand-{task_id}"
+
+
+def cache_volume_name(name: str) -> str:
+    return f"farmhand-cache-{name}"
+
+
+def create_network(client: docker.DockerClient, task_id: str) -> str:
+    net = client.networks.create(network_name(task_id), driver="bridge", labels=task_labels(task_id, "network"), check_duplicate=True)
+    return net.name
+
+
+def ensure_caches(client: docker.DockerClient, caches: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Named volumes for the task's caches, created on first use and never removed by cleanup."""
+    binds: dict[str, dict[str, str]] = {}
+    for name, target in caches.items():
+        vol = cache_volume_name(name)
+        try:
+            client.volumes.get(vol)
+        except NotFound:
+            client.volumes.create(vol, labels={CACHE_LABEL: name})
+        binds[vol] = {"bind": target, "mode": "rw"}
+    return binds
+
+
+def start_service(
+    client: docker.DockerClient,
+    task_id: str,
+    service: Service,
+    network: str,
+    hardening: dict[str, Any],
+    report: Callable[[str], None],
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Start one helper container, reachable as ``service.name``, and wait until it is ready."""
+    container = client.containers.create(
+        service.image,
+        command=service.command,
+        entrypoint=service.entrypoint,
+        environment=service.env,
+        labels={**task_labels(task_id, "service"), "farmhand.service": service.name},
+        hostname=service.name,
+        network=network,
+        # A network alias is what makes the service reachable by its bare name.
+        networking_config={network: client.api.create_endpoint_config(aliases=[service.name])},
+        detach=True,
+        **hardening,
+    )
+    container.start()
+    report(f"service {service.name} started")
+    deadline = time.monotonic() + (service.readiness.timeout if service.readiness else 0)
+    while True:
+        container.reload()
+        if container.status not in ("running", "created"):
+            tail = container.logs(tail=20).decode("utf-8", "replace").strip()
+            code = container.attrs["State"].get("ExitCode")
+            raise ServiceUnready(f"service {service.name!r} exited with code {code} before it was ready" + (f"; its last output:\n{tail}" if tail else ""))
+        if service.readiness is None:
+            return
+        code, output = container.exec_run(service.readiness.command)
+        if code == 0:
+            report(f"service {service.name} is ready")
+            return
+        if time.monotonic() >= deadline:
+            text = (output or b"").decode("utf-8", "replace").strip()[-500:]
+            raise ServiceUnready(
+                f"service {service.name!r} was not ready after {service.readiness.timeout:g}s: "
+                f"readiness command exited {code}" + (f": {text}" if text else "")
+            )
+        sleep(service.readiness.interval)
+
+
+def cleanup(client: docker.DockerClient, task_id: str) -> list[str]:
+    """Remove the task's containers (with their anonymous volumes) and network.
+
+    Runs whatever happened before; returns what could not be removed instead of
+    raising, so a cleanup hiccup never hides the task's real outcome.
+    """
+    problems: list[str] = []
+    try:
+        containers = client.containers.list(all=True, filters={"label": f"{TASK_LABEL}={task_id}"})
+    except DockerException as exc:
+        return [f"cannot list the task's containers: {exc}"]
+    for container in containers:
+        try:
+            container.remove(force=True, v=True)
+        except NotFound:
+            pass
+        except APIError as exc:
+            problems.append(f"container {container.short_id}: {exc.explanation or exc}")
+    try:
+        networks = client.networks.list(filters={"label": f"{TASK_LABEL}={task_id}"})
+    except DockerException as exc:
+        return problems + [f"cannot list the task's networks: {exc}"]
+    for net in networks:
+        try:
+            net.remove()
+        except NotFound:
+            pass
+        except APIError as exc:
+            problems.append(f"network {net.name}: {exc.explanation or exc}")
+    return problems

@@ -1,0 +1,63 @@
+"""Where finished work goes. The engine talks to an ``Uploader`` and never to a protocol.
+
+Each scheme (``file://`` here; ``sftp://`` in its own module) registers a
+factory; the engine asks ``uploader_for(target)``. An uploader must only
+return a location once the bytes there are verified: the engine deletes local
+copies on the strength of that answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+from urllib.parse import urlsplit
+
+from farmhand.errors import UploadFailed
+
+
+@dataclass(frozen=True)
+class UploadItem:
+    local_path: Path
+    remote_name: str  # relative path under the task's folder, "/"-separated
+    size: int
+    sha256: str
+
+
+class Uploader(Protocol):
+    def upload(self, task_id: str, items: list[UploadItem], report: Callable[[str], None]) -> dict[str, str]:
+        """Upload ``items`` under the task's folder; return remote_name -> location of each verified copy."""
+        ...
+
+    def location(self, task_id: str, remote_name: str) -> str:
+        """Where ``remote_name`` of ``task_id`` lives (or would live) in the warehouse."""
+        ...
+
+
+UploaderFactory = Callable[[str], Uploader]
+_FACTORIES: dict[str, UploaderFactory] = {}
+
+
+def register(scheme: str, factory: UploaderFactory) -> None:
+    _FACTORIES[scheme] = factory
+
+
+def supported_schemes() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def uploader_for(target: str) -> Uploader:
+    scheme = urlsplit(target).scheme
+    factory = _FACTORIES.get(scheme)
+    if factory is None:
+        raise UploadFailed(f"upload target {target!r}: no uploader for scheme {scheme!r} (this worker supports: {', '.join(supported_schemes())})")
+    return factory(target)
+
+
+def _register_builtin() -> None:
+    from farmhand.uploaders.file import FileUploader
+
+    register("file", FileUploader)
+
+
+_register_builtin()

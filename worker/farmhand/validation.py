@@ -1,0 +1,70 @@
+"""JSON Schema validation that names every bad field in words an operator can act on."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    """Schemas ship inside the package so the worker and its clients agree on one contract."""
+    text = resources.files("farmhand.schemas").joinpath(name).read_text(encoding="utf-8")
+    schema = json.loads(text)
+    Draft202012Validator.check_schema(schema)
+    return schema
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(load_schema(name))
+
+
+def field_path(error: ValidationError, root: str) -> str:
+    parts = [root]
+    for p in error.absolute_path:
+        parts.append(f"[{p}]" if isinstance(p, int) else f".{p}")
+    return "".join(parts)
+
+
+def describe(error: ValidationError, root: str) -> list[str]:
+    """One line per problem, starting with the field it concerns.
+
+    jsonschema reports an unknown key against its parent object and a oneOf
+    failure without saying which branch was meant; both are rewritten so that
+    the line starts with the offending field itself.
+    """
+    path = field_path(error, root)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed)
+        return [f"{path}.{k}: unknown field" for k in extra]
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return [f"{path}.{missing}: required field is missing"]
+    if error.validator == "propertyNames":
+        return [f"{path}: key {error.instance!r} is not allowed ({error.message})"]
+    if error.validator in ("oneOf", "anyOf"):
+        desc = error.schema.get("description") or _describe_branches(error.schema)
+        return [f"{path}: {error.instance!r} is not valid: expected {desc}"]
+    return [f"{path}: {error.message}"]
+
+
+def _describe_branches(schema: dict[str, Any]) -> str:
+    kinds = []
+    for branch in schema.get("oneOf", schema.get("anyOf", [])):
+        kinds.append(str(branch.get("type", "value")))
+    return " or ".join(kinds)
+
+
+def errors_for(schema_name: str, document: Any, root: str) -> list[str]:
+    """All schema problems of ``document``, sorted by field, empty when it is valid."""
+    lines: list[str] = []
+    for err in validator(schema_name).iter_errors(document):
+        lines.extend(describe(err, root))
+    return sorted(set(lines))
