@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-venv: $(VENV)/.installed
+venv: host $(VENV)/.installed
 
 host:
 	bash scripts/setup-host.sh
@@ -23,16 +23,16 @@ host:
 images: host
 	bash scripts/build-test-images.sh
 
-run: venv images
+run: images venv
 	WORKING_DIR=$(CURDIR)/var $(VENV)/bin/farmhand --config examples/config.yml run-task examples/hello.yml
 
-test: venv images
+test: images venv
 	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: venv images
+integration: images venv
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 clean:

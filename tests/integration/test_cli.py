@@ -104,3 +104,23 @@ def test_200_megabytes_of_output_with_bounded_worker_memory(tmp_path, workdir):
     assert os.waitstatus_to_exitcode(status) == 0
     assert usage.ru_maxrss < 150 * 1024, f"worker peak RSS {usage.ru_maxrss / 1024:.0f} MiB"
     print(f"200 MB log: worker peak RSS {usage.ru_maxrss / 1024:.1f} MiB")
+
+
+def test_sigterm_cancels_cleanly_and_keeps_the_partial_log(tmp_path, workdir, client):
+    import signal
+    import time
+
+    cfg = _config(tmp_path, workdir)
+    task = _write(tmp_path, "long.yml", busybox_task("echo partial-output; sleep 300", task_id="cancel-1"))
+    proc = subprocess.Popen([sys.executable, "-m", "farmhand", "--config", str(cfg), "run-task", "--json", str(task)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not client.containers.list(filters={"label": "farmhand.task-id=cancel-1"}):
+        assert time.monotonic() < deadline, "the task's container never started"
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    doc = json.loads(out)
+    assert (doc["state"], doc["reason"]) == ("exception", "cancelled")
+    assert "partial-output" in Path(urlsplit(doc["log"]["location"]).path).read_text()

@@ -170,3 +170,12 @@ def test_log_is_capped_and_truncation_marked(run_task, make_config):
     assert len(data) <= 64 * 1024 + 200
     assert b"[farmhand] log truncated" in data
     assert result.log["size"] == len(data)
+
+
+def test_a_command_that_cannot_start_fails_the_task(run_task):
+    result = run_task(busybox_task("unused", command=["/no/such/binary"]))
+    assert (result.state, result.reason) == ("failed", "start-failed")
+    assert "/no/such/binary" in result.message
+    other = run_task(busybox_task("id", user="nosuchuser"))
+    assert (other.state, other.reason) == ("failed", "start-failed")
+    assert "nosuchuser" in other.message

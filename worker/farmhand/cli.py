@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 import time
-from typing import Any, TextIO
+from contextlib import contextmanager
+from typing import Any, Iterator, TextIO
 
 from farmhand import __version__, policy
 from farmhand.config import load_config
@@ -81,7 +84,9 @@ def cmd_run_task(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     client = connect_docker(config)
     reporter = ConsoleReporter() if not args.quiet else None
-    result: Result = Engine(config, client, reporter).run(document, task_id=args.task_id)
+    engine = Engine(config, client, reporter)
+    with _cancel_on_signals(engine):
+        result: Result = engine.run(document, task_id=args.task_id)
     doc = result.to_dict()
     if args.json:
         json.dump(doc, sys.stdout, indent=2)
@@ -89,6 +94,30 @@ def cmd_run_task(args: argparse.Namespace) -> int:
     else:
         print(_summary(doc))
     return EXIT[doc["state"]]
+
+
+@contextmanager
+def _cancel_on_signals(engine: Engine) -> Iterator[None]:
+    """First SIGINT/SIGTERM cancels the task cleanly (result, cleanup, partial log); a second one kills."""
+    previous = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if engine_cancelled[0]:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        engine_cancelled[0] = True
+        print(f"farmhand: {signal.Signals(signum).name} received, cancelling the task (again to abort)", file=sys.stderr, flush=True)
+        engine.cancel()
+
+    engine_cancelled = [False]
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

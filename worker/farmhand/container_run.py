@@ -18,6 +18,7 @@ from docker.errors import APIError, DockerException, NotFound
 from docker.types import Ulimit
 
 from farmhand.config import Resources, WorkerConfig
+from farmhand.errors import StartFailed
 from farmhand.logpump import LogPump, LogSummary
 from farmhand.masking import StreamMasker
 from farmhand.task import Task
@@ -28,7 +29,7 @@ class RunOutcome:
     container_id: str
     exit_code: int | None
     oom_killed: bool
-    stopped_for: str | None  # "max-run-time" | "idle-timeout" | None
+    stopped_for: str | None  # "max-run-time" | "idle-timeout" | "cancelled" | None
     log: LogSummary
     usage: dict[str, Any] = field(default_factory=dict)
     runtime: float = 0.0
@@ -133,12 +134,23 @@ def run_container(
     labels: dict[str, str],
     log_path: Path,
     report: Callable[[str], None],
+    cancel: threading.Event | None = None,
     tick: float = 0.25,
 ) -> RunOutcome:
     """Create, start and supervise the task's container until it exits or is stopped."""
-    container = client.containers.create(task.image, labels=labels, **options)
+    try:
+        container = client.containers.create(task.image, labels=labels, **options)
+    except APIError as exc:
+        if exc.is_client_error() and exc.status_code != 404:
+            raise StartFailed(f"the container could not be created: {exc.explanation or exc}") from exc
+        raise
     masker = StreamMasker(task.secret_values)
-    container.start()
+    try:
+        container.start()
+    except APIError as exc:
+        # Create accepted the options, so what fails here is the task's own
+        # command, user or working directory as the image knows them.
+        raise StartFailed(f"the container could not start: {exc.explanation or exc}") from exc
     started = time.monotonic()
     report(f"container {container.short_id} started")
 
@@ -167,7 +179,9 @@ def run_container(
     deadline = started + task.max_run_time
     while not exited.wait(tick):
         now = time.monotonic()
-        if now >= deadline:
+        if cancel is not None and cancel.is_set():
+            stopped_for = "cancelled"
+        elif now >= deadline:
             stopped_for = "max-run-time"
         elif task.idle_timeout is not None and now - max(pump.last_output, started) >= task.idle_timeout:
             stopped_for = "idle-timeout"

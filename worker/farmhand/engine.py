@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 import traceback
 import uuid
@@ -22,13 +23,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import docker
-from docker.errors import APIError, DockerException
+from docker.errors import DockerException
 
 from farmhand import artifacts as artifact_stage
 from farmhand import policy, sandbox
 from farmhand.config import WorkerConfig
 from farmhand.container_run import RunOutcome, container_options, hardening, run_container
-from farmhand.errors import ConfigError, PolicyDenied, TaskProblem, UploadFailed
+from farmhand.errors import Cancelled, ConfigError, PolicyDenied, TaskProblem, UploadFailed
 from farmhand.events import NullReporter, Reporter
 from farmhand.images import ensure_image
 from farmhand.masking import mask_text
@@ -56,10 +57,25 @@ def connect_docker(config: WorkerConfig) -> docker.DockerClient:
 
 
 class Engine:
+    """Runs one task; make one per task (cancellation is per engine)."""
+
     def __init__(self, config: WorkerConfig, client: docker.DockerClient, reporter: Reporter | None = None) -> None:
         self.config = config
         self.client = client
         self.reporter: Reporter = reporter or NullReporter()
+        self._cancel = threading.Event()
+
+    def cancel(self) -> None:
+        """Ask the task in progress to stop: the container is stopped, the partial log kept.
+
+        Safe to call from a signal handler or another thread. Checked between
+        stages and continuously while the container runs.
+        """
+        self._cancel.set()
+
+    def _check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise Cancelled("the task was cancelled before it finished")
 
     # -- helpers -----------------------------------------------------------------
     def _say(self, task_id: str, stage: str, message: str, **fields: Any) -> None:
@@ -112,6 +128,7 @@ class Engine:
                 rec["upload_target"] = target
                 owns_docker_objects = True
                 options = self._prepare_docker(task, result)
+            self._check_cancelled()
             with self._stage(result, "run"):
                 outcome = self._run(task, options, workspace)
                 self._record_run(task, outcome, result)
@@ -165,26 +182,24 @@ class Engine:
 
     def _run(self, task: Task, options: dict[str, Any], workspace: Path) -> RunOutcome:
         labels = {**{f"farmhand.label.{k}": v for k, v in task.labels.items()}, **sandbox.task_labels(task.task_id, "task")}
-        try:
-            return run_container(
-                self.client,
-                self.config,
-                task,
-                options,
-                labels,
-                workspace / LOG_NAME,
-                lambda m: self._say(task.task_id, "run", m),
-            )
-        except APIError as exc:
-            if exc.status_code is not None and 400 <= exc.status_code < 500 and exc.status_code != 404:
-                raise TaskProblem(f"the container could not start: {_docker_text(exc)}", reason="start-failed") from exc
-            raise
+        return run_container(
+            self.client,
+            self.config,
+            task,
+            options,
+            labels,
+            workspace / LOG_NAME,
+            lambda m: self._say(task.task_id, "run", m),
+            cancel=self._cancel,
+        )
 
     def _record_run(self, task: Task, outcome: RunOutcome, result: Result) -> None:
         result.exit_code = outcome.exit_code
         result.usage = outcome.usage
         code = outcome.exit_code
-        if outcome.stopped_for == "max-run-time":
+        if outcome.stopped_for == "cancelled":
+            result.conclude("exception", "cancelled", "the task was cancelled while it ran; its partial log is kept")
+        elif outcome.stopped_for == "max-run-time":
             result.conclude("failed", "max-run-time", f"stopped after max_run_time of {task.max_run_time}s")
         elif outcome.stopped_for == "idle-timeout":
             result.conclude("failed", "idle-timeout", f"stopped after {task.idle_timeout}s without output (idle_timeout)")

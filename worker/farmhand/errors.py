@@ -44,6 +44,19 @@ class ImageUnavailable(TaskProblem):
     reason = "image-unavailable"
 
 
+class StartFailed(TaskProblem):
+    """Docker refused the task's container as configured (command, user, workdir...)."""
+
+    state = "failed"
+    reason = "start-failed"
+
+
+class Cancelled(TaskProblem):
+    """The driver asked the task to stop (a signal, a dispatcher's cancel)."""
+
+    reason = "cancelled"
+
+
 class ServiceUnready(TaskProblem):
     reason = "service-unready"
 
