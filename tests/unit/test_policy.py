@@ -224,7 +224,7 @@ DENIALS: list[tuple[str, dict[str, Any], str]] = [
     ("ulimit hard", {"resources": {"ulimits": {"nofile": {"soft": 10, "hard": 4097}}}}, "task.resources.ulimits.nofile: 4097 is above"),
     ("ulimit int", {"resources": {"ulimits": {"nofile": 5000}}}, "task.resources.ulimits.nofile"),
     ("ulimit unlimited", {"resources": {"ulimits": {"nofile": -1}}}, "task.resources.ulimits.nofile: unlimited is above"),
-    ("ulimit soft unlimited", {"resources": {"ulimits": {"nofile": {"soft": -1, "hard": 100}}}}, "task.resources.ulimits.nofile"),
+    ("ulimit hard unlimited", {"resources": {"ulimits": {"nofile": {"soft": 100, "hard": -1}}}}, "task.resources.ulimits.nofile: unlimited is above"),
     ("privileged", {"privileged": True}, "task.privileged: privileged containers are not allowed"),
     ("cap_add", {"cap_add": ["SYS_ADMIN"]}, "task.cap_add: capability SYS_ADMIN is not allowed"),
     ("mount outside", {"mounts": [{"source": "/etc", "target": "/x"}]}, "task.mounts[0].source: host path '/etc' may not be mounted"),
@@ -348,11 +348,6 @@ def test_effective_resources_overlay_task_on_defaults(make_config: Callable[...,
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: memory '0' passes the task schema (string branch of size) and is not compared with the ceiling "
-    "as 'unlimited'; Docker reads mem_limit 0 as no limit, so the 1g ceiling is escaped",
-)
 def test_zero_memory_cannot_escape_the_ceiling(strict: WorkerConfig) -> None:
     from farmhand.errors import InvalidDocument
 

@@ -396,24 +396,15 @@ def test_redacted_without_secrets_is_the_document() -> None:
     assert parse_task(doc).redacted() == doc
 
 
-# -- known bugs (documented; strict xfail so a fix makes them pass loudly) ----------------
+# -- regressions: each of these was a bug once ----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: schema patterns end in '$', which Python's re also matches before a trailing newline; "
-    "'512m\\n' passes the schema and parse_size raises docker.errors.DockerException instead of InvalidDocument",
-)
 def test_size_with_trailing_newline_is_rejected_as_invalid() -> None:
     with pytest.raises(InvalidDocument) as info:
         parse_task({**MINIMAL, "resources": {"memory": "512m\n"}})
     assert "task.resources.memory" in info.value.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: schema patterns end in '$' (matches before a trailing newline), so names like 'out\\n' pass",
-)
 @pytest.mark.parametrize(
     ("key", "value"),
     [
@@ -428,11 +419,6 @@ def test_trailing_newline_in_names_is_rejected(key: str, value: Any) -> None:
         parse_task({**MINIMAL, key: value})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _semantic_errors shlex-checks only the top-level command/entrypoint; a service command with an "
-    "unbalanced quote makes parse_task raise ValueError (engine: internal-error) instead of InvalidDocument",
-)
 @pytest.mark.parametrize("where", ["command", "entrypoint", "readiness"])
 def test_service_command_with_unbalanced_quote_is_invalid(where: str) -> None:
     svc: dict[str, Any] = {"name": "db", "image": "x"}
@@ -445,33 +431,25 @@ def test_service_command_with_unbalanced_quote_is_invalid(where: str) -> None:
     assert "task.services[0]" in info.value.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a blank service/readiness command string ('   ') splits to [] and is accepted, unlike task.command",
-)
 def test_blank_service_command_is_invalid() -> None:
     with pytest.raises(InvalidDocument):
         parse_task({**MINIMAL, "services": [{"name": "db", "image": "x", "readiness": {"command": "   "}}]})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: validation.describe sorts unknown keys; a mapping with int and str unknown keys (YAML '1: x') "
-    "raises TypeError instead of InvalidDocument",
-)
 def test_mixed_type_unknown_keys_are_reported() -> None:
     with pytest.raises(InvalidDocument) as info:
         parse_task({**MINIMAL, 1: "x", "zz": 2})
     assert "task.zz: unknown field" in info.value.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the size schema requires integers >= 1 but accepts the string '0' (or '0m'); memory 0 means "
-    "'no limit' to Docker, so a task can escape the memory ceiling",
-)
 @pytest.mark.parametrize("value", ["0", "0m"])
 def test_zero_size_string_is_rejected(value: str) -> None:
     with pytest.raises(InvalidDocument) as info:
         parse_task({**MINIMAL, "resources": {"memory": value}})
     assert "task.resources.memory" in info.value.message
+
+
+def test_ulimit_soft_above_hard_is_refused():
+    with pytest.raises(InvalidDocument) as exc:
+        parse_task({"image": "busybox", "max_run_time": 5, "resources": {"ulimits": {"nofile": {"soft": 10, "hard": 5}}}})
+    assert "task.resources.ulimits.nofile: soft limit 10 is above the hard limit 5" in exc.value.message

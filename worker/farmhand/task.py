@@ -149,13 +149,23 @@ def _semantic_errors(doc: Mapping[str, Any]) -> list[str]:
         if target in targets:
             errors.append(f"task.caches.{name}: mount path {target!r} is already used by cache {targets[target]!r}")
         targets.setdefault(target, name)
-    for key in ("command", "entrypoint"):
-        if isinstance(doc.get(key), str):
+    commands = [("task.command", doc.get("command")), ("task.entrypoint", doc.get("entrypoint"))]
+    for i, svc in enumerate(doc.get("services", [])):
+        commands += [
+            (f"task.services[{i}].command", svc.get("command")),
+            (f"task.services[{i}].entrypoint", svc.get("entrypoint")),
+            (f"task.services[{i}].readiness.command", (svc.get("readiness") or {}).get("command")),
+        ]
+    for where, value in commands:
+        if isinstance(value, str):
             try:
-                if not shlex.split(doc[key]):
-                    errors.append(f"task.{key}: is empty once split into arguments")
+                if not shlex.split(value):
+                    errors.append(f"{where}: is empty once split into arguments")
             except ValueError as exc:
-                errors.append(f"task.{key}: cannot be split into arguments: {exc}")
+                errors.append(f"{where}: cannot be split into arguments: {exc}")
+    for name, value in doc.get("resources", {}).get("ulimits", {}).items():
+        if isinstance(value, dict) and value["hard"] != -1 and (value["soft"] == -1 or value["soft"] > value["hard"]):
+            errors.append(f"task.resources.ulimits.{name}: soft limit {value['soft']} is above the hard limit {value['hard']}")
     return errors
 
 

@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Iterator
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError
+
+
+def _ecma_pattern(validator: Any, pattern: str, instance: Any, schema: dict[str, Any]) -> Iterator[ValidationError]:
+    """``pattern`` as JSON Schema means it (ECMA-262): a final ``$`` is the end of the string.
+
+    Python's ``$`` also matches before a trailing newline, which would let
+    "512m\n" or "name\n" through every anchored pattern of our schemas.
+    """
+    if not validator.is_type(instance, "string"):
+        return
+    match = re.search(pattern, instance)
+    anchored = pattern.endswith("$") and not pattern.endswith("\\$")
+    if match is None or (anchored and match.end() != len(instance)):
+        yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+#: Draft 2020-12 with ECMA end-anchor semantics for "pattern".
+StrictValidator = validators.extend(Draft202012Validator, {"pattern": _ecma_pattern})
 
 
 @cache
@@ -21,8 +40,8 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 @cache
-def validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(load_schema(name))
+def validator(name: str) -> Any:
+    return StrictValidator(load_schema(name))
 
 
 def field_path(error: ValidationError, root: str) -> str:
@@ -42,7 +61,7 @@ def describe(error: ValidationError, root: str) -> list[str]:
     path = field_path(error, root)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = set(error.schema.get("properties", {}))
-        extra = sorted(k for k in error.instance if k not in allowed)
+        extra = sorted((k for k in error.instance if k not in allowed), key=str)
         return [f"{path}.{k}: unknown field" for k in extra]
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
