@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from farmhand.config import load_config
+
 from farmhand import __version__
 from farmhand.errors import UploadFailed
 from farmhand.result import RESULT_SCHEMA, Result, utc_iso, write_json_atomic
@@ -282,7 +284,7 @@ def test_percent_encoded_root(tmp_path: Path) -> None:
 
 
 def test_uploader_for_file_scheme(warehouse: Path) -> None:
-    up = uploader_for(warehouse.as_uri() + "/")
+    up = uploader_for(warehouse.as_uri() + "/", load_config(environ={"WORKING_DIR": str(warehouse)}))
     assert isinstance(up, FileUploader)
     assert up.root == warehouse
     assert "file" in supported_schemes()
@@ -291,7 +293,7 @@ def test_uploader_for_file_scheme(warehouse: Path) -> None:
 @pytest.mark.parametrize("target", ["ftp://x/", "s3://bucket/key", "nothing-here"])
 def test_uploader_for_unknown_scheme(target: str) -> None:
     with pytest.raises(UploadFailed) as info:
-        uploader_for(target)
+        uploader_for(target, load_config(environ={}))
     from urllib.parse import urlsplit
 
     scheme = urlsplit(target).scheme

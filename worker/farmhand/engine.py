@@ -119,7 +119,7 @@ class Engine:
                 policy.check(self.config, task)
                 target = task.upload or self.config.upload_default
                 try:
-                    uploader = uploader_for(target)
+                    uploader = uploader_for(target, self.config)
                 except UploadFailed as exc:
                     raise PolicyDenied([f"task.upload: {exc.message}"]) from None
                 workspace = self._workspace(task)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from farmhand.digest import sha256_file
 from farmhand.masking import StreamMasker
 
 
@@ -49,6 +50,7 @@ class LogPump:
         self._thread = threading.Thread(target=self._run, name=f"logpump:{path.parent.name}", daemon=True)
 
     def start(self) -> "LogPump":
+        self.path.touch()  # a task that prints nothing still has a (empty) log to upload
         self._thread.start()
         return self
 
@@ -89,27 +91,27 @@ class LogPump:
             self._done.set()
 
     def wait(self, timeout: float | None = None) -> LogSummary:
-        """Block until the stream ends (the container stopped) or ``timeout`` passes."""
-        complete = self._done.wait(timeout) and self._error is None
-        size = self.path.stat().st_size if self.path.exists() else 0
+        """Block until the stream ends (the container stopped) or ``timeout`` passes.
+
+        When the stream is still going after ``timeout``, the summary describes
+        the file as it is on disk at that moment and says it is not complete.
+        """
+        finished = self._done.wait(timeout)
+        if finished:
+            size, digest = self._written, self._hash.hexdigest()
+        else:
+            size = self.path.stat().st_size if self.path.exists() else 0
+            digest = sha256_file(self.path) if self.path.exists() else hashlib.sha256().hexdigest()
         return LogSummary(
             path=self.path,
             size=size,
-            sha256=self._hash.hexdigest() if self._done.is_set() else _sha256_file(self.path),
+            sha256=digest,
             truncated=self._truncated,
             dropped_bytes=self._dropped,
-            complete=complete,
+            complete=finished and self._error is None,
         )
 
     @property
     def error(self) -> BaseException | None:
         return self._error
 
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    if path.exists():
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 from urllib.parse import urlsplit
 
 from farmhand.errors import UploadFailed
+
+if TYPE_CHECKING:
+    from farmhand.config import WorkerConfig
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ class Uploader(Protocol):
         ...
 
 
-UploaderFactory = Callable[[str], Uploader]
+#: Builds an uploader for a target URI, with the host's config (keys, trust...).
+UploaderFactory = Callable[[str, "WorkerConfig"], Uploader]
 _FACTORIES: dict[str, UploaderFactory] = {}
 
 
@@ -46,12 +50,12 @@ def supported_schemes() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def uploader_for(target: str) -> Uploader:
+def uploader_for(target: str, config: "WorkerConfig") -> Uploader:
     scheme = urlsplit(target).scheme
     factory = _FACTORIES.get(scheme)
     if factory is None:
         raise UploadFailed(f"upload target {target!r}: no uploader for scheme {scheme!r} (this worker supports: {', '.join(supported_schemes())})")
-    return factory(target)
+    return factory(target, config)
 
 
 def _register_builtin() -> None:

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path, PurePosixPath
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
+from farmhand.digest import sha256_file
 from farmhand.errors import UploadFailed
 from farmhand.uploaders import UploadItem
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class FileUploader:
@@ -28,7 +20,7 @@ class FileUploader:
     that is already there, complete and identical, is not copied again.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, config: object = None) -> None:
         parts = urlsplit(target)
         if parts.netloc not in ("", "localhost"):
             raise UploadFailed(f"upload target {target!r}: file:// targets must be local (no host part)")
@@ -57,14 +49,14 @@ class FileUploader:
 
     def _put(self, item: UploadItem, dest: Path) -> str:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.is_file() and dest.stat().st_size == item.size and _sha256(dest) == item.sha256:
+        if dest.is_file() and dest.stat().st_size == item.size and sha256_file(dest) == item.sha256:
             return dest.as_uri()
         tmp = dest.with_name(f".{dest.name}.part")
         with open(item.local_path, "rb") as src, open(tmp, "wb") as out:
             shutil.copyfileobj(src, out, 1 << 20)
             out.flush()
             os.fsync(out.fileno())
-        if tmp.stat().st_size != item.size or _sha256(tmp) != item.sha256:
+        if tmp.stat().st_size != item.size or sha256_file(tmp) != item.sha256:
             tmp.unlink(missing_ok=True)
             raise UploadFailed(f"copy of {item.remote_name} to {dest} does not match its sha256; source changed or disk is failing")
         os.replace(tmp, dest)
