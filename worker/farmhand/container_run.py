@@ -18,6 +18,7 @@ from docker.errors import APIError, DockerException, NotFound
 from docker.types import Ulimit
 
 from farmhand.config import Resources, WorkerConfig
+from farmhand.docker_logs import OutputStream
 from farmhand.errors import StartFailed
 from farmhand.logpump import LogPump, LogSummary
 from farmhand.masking import StreamMasker
@@ -155,7 +156,7 @@ def run_container(
     report(f"container {container.short_id} started")
 
     pump = LogPump(
-        container.logs(stream=True, follow=True, timestamps=True, stdout=True, stderr=True),
+        OutputStream(client, container.id),
         log_path,
         config.log_max_bytes,
         masker,
