@@ -453,3 +453,11 @@ def test_ulimit_soft_above_hard_is_refused():
     with pytest.raises(InvalidDocument) as exc:
         parse_task({"image": "busybox", "max_run_time": 5, "resources": {"ulimits": {"nofile": {"soft": 10, "hard": 5}}}})
     assert "task.resources.ulimits.nofile: soft limit 10 is above the hard limit 5" in exc.value.message
+
+
+def test_a_task_id_given_by_the_driver_obeys_the_contract():
+    doc = {"image": "busybox", "max_run_time": 5, "task_id": "from-file"}
+    assert parse_task(doc, task_id="from-driver").task_id == "from-driver"
+    with pytest.raises(InvalidDocument) as exc:
+        parse_task(doc, task_id="../../etc")
+    assert "task.task_id" in exc.value.message

@@ -113,7 +113,7 @@ class Engine:
         owns_docker_objects = False
         try:
             with self._stage(result, "prepare") as rec:
-                task = parse_task(document, task_id=result.task_id)
+                task = parse_task(document, task_id=task_id)
                 result.task_id = task.task_id
                 result.labels = dict(task.labels)
                 policy.check(self.config, task)
@@ -135,8 +135,7 @@ class Engine:
             with self._stage(result, "collect"):
                 collected = self._collect(task, outcome, workspace, result)
         except TaskProblem as problem:
-            secrets = task.secret_values if task else []
-            result.conclude(problem.state, problem.reason, mask_text(problem.message, secrets))
+            result.conclude(problem.state, problem.reason, problem.message)
         except DockerException as exc:
             result.conclude("exception", "docker-error", f"Docker engine error: {_docker_text(exc)}")
         except Exception as exc:  # noqa: BLE001 - every path must end in a result
@@ -151,8 +150,14 @@ class Engine:
                         result.warnings.extend(f"cleanup: {p}" for p in problems)
         if workspace is not None and task is not None and uploader is not None:
             self._upload(task, uploader, workspace, outcome, collected, result)
+        if task is not None and result.message:
+            result.message = mask_text(result.message, task.secret_values)
+        if workspace is not None:
             result.finished_at = time.time()
-            write_json_atomic(workspace / "result.json", result.to_dict())
+            try:
+                write_json_atomic(workspace / "result.json", result.to_dict())
+            except OSError as exc:  # the caller still gets the result; say why it is not on disk
+                result.warnings.append(f"result.json could not be written to {workspace}: {exc.strerror or exc}")
         return result
 
     def _workspace(self, task: Task) -> Path:
@@ -165,13 +170,15 @@ class Engine:
     def _prepare_docker(self, task: Task, result: Result) -> dict[str, Any]:
         tid = task.task_id
 
-        def pull_report(status: str, fields: dict[str, int]) -> None:
-            self._say(tid, "prepare", f"pulling {task.image}: {status}", **fields)
+        def pull(image: str, pull_policy: str) -> str:
+            def report(status: str, fields: dict[str, int]) -> None:
+                self._say(tid, "prepare", f"pulling {image}: {status}", **fields)
 
-        image_id = ensure_image(self.client, self.config, task.image, task.pull, pull_report)
-        result.image = {"name": task.image, "id": image_id}
+            return ensure_image(self.client, self.config, image, pull_policy, report)
+
+        result.image = {"name": task.image, "id": pull(task.image, task.pull)}
         for svc in task.services:
-            ensure_image(self.client, self.config, svc.image, svc.pull, pull_report)
+            pull(svc.image, svc.pull)
         network = sandbox.create_network(self.client, tid) if task.network == "bridge" else None
         volumes = sandbox.ensure_caches(self.client, task.caches)
         for svc in task.services:

@@ -177,6 +177,9 @@ def parse_task(doc: Any, *, task_id: str | None = None) -> Task:
     """
     if not isinstance(doc, dict):
         raise InvalidDocument("task", [f"task: must be a mapping of fields, got {type(doc).__name__}"])
+    if task_id is not None:
+        # An id chosen by the driver names directories too: it obeys the same contract.
+        doc = {**doc, "task_id": task_id}
     errors = errors_for(SCHEMA, doc, "task")
     if errors:
         raise InvalidDocument("task", errors)
@@ -204,7 +207,7 @@ def parse_task(doc: Any, *, task_id: str | None = None) -> Task:
         for s in doc.get("services", [])
     )
     return Task(
-        task_id=task_id or doc.get("task_id") or uuid.uuid4().hex,
+        task_id=doc.get("task_id") or uuid.uuid4().hex,
         image=doc["image"],
         pull=doc.get("pull", "if-not-present"),
         command=_argv(doc.get("command")),
