@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test unit integration host images venv clean
+.PHONY: run test unit integration bench host images venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ unit: venv
 
 integration: images venv
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+# Figures, not tests: each script prints its own table (see bench/*.py).
+bench: images venv
+	$(PY) bench/run_task.py
+	$(PY) bench/upload.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis var

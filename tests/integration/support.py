@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import socket
 import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from farmhand.compress import open_decompressed
 
 BUSYBOX = "farmhand-test/busybox:latest"
 
@@ -46,3 +52,32 @@ def wait_for_port(port: int, timeout: float = 20) -> None:
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def uploaded_path(location: str) -> Path:
+    """The local path of a file:// location."""
+    return Path(urlsplit(location).path)
+
+
+def read_decompressed(path: Path) -> bytes:
+    """A file's original bytes: decompressed when it is one of farmhand's compressed logs, as is otherwise."""
+    with open_decompressed(path) as fh:
+        return fh.read()
+
+
+def read_log(location: str) -> bytes:
+    """The original bytes of an uploaded log, which travels compressed (task.log.zst) by default."""
+    return read_decompressed(uploaded_path(location))
+
+
+def random_file(path: Path, size: int) -> str:
+    """Write ``size`` random (incompressible) bytes to ``path``; their sha256, computed as they are written."""
+    h = hashlib.sha256()
+    with open(path, "wb") as fh:
+        left = size
+        while left:
+            block = os.urandom(min(left, 4 << 20))
+            fh.write(block)
+            h.update(block)
+            left -= len(block)
+    return h.hexdigest()

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from support import busybox_task
+from farmhand.compress import open_decompressed
+from support import busybox_task, read_log
 
 
 def _write(tmp_path: Path, name: str, doc: Any) -> Path:
@@ -94,11 +95,13 @@ def test_200_megabytes_of_output_with_bounded_worker_memory(tmp_path, workdir):
     doc = json.loads(out)
     assert doc["state"] == "succeeded", (doc["message"], err)
     log_path = Path(urlsplit(doc["log"]["location"]).path)
-    assert doc["log"]["size"] == log_path.stat().st_size > total
-    h = hashlib.sha256()
-    with open(log_path, "rb") as fh:
+    assert doc["log"]["compressed_size"] == log_path.stat().st_size
+    h, size = hashlib.sha256(), 0
+    with open_decompressed(log_path) as fh:  # the log travels compressed; read back its original bytes
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
+            size += len(block)
+    assert doc["log"]["size"] == size > total
     assert h.hexdigest() == doc["log"]["sha256"]
     assert doc["log"]["truncated"] is False
     assert os.waitstatus_to_exitcode(status) == 0
@@ -123,4 +126,4 @@ def test_sigterm_cancels_cleanly_and_keeps_the_partial_log(tmp_path, workdir, cl
     assert proc.returncode == 3, err
     doc = json.loads(out)
     assert (doc["state"], doc["reason"]) == ("exception", "cancelled")
-    assert "partial-output" in Path(urlsplit(doc["log"]["location"]).path).read_text()
+    assert "partial-output" in read_log(doc["log"]["location"]).decode()

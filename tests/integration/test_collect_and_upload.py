@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from support import BUSYBOX, busybox_task
+from support import BUSYBOX, busybox_task, read_decompressed, read_log
 
 HOST_SHADOW = Path("/etc/shadow")
 
 
 def _all_bytes_under(root: Path) -> list[bytes]:
-    return [p.read_bytes() for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
+    return [read_decompressed(p) for p in root.rglob("*") if p.is_file() and not p.is_symlink()]
 
 
 def _host_only_shadow_lines(client) -> list[bytes]:
@@ -95,7 +95,7 @@ def test_task_upload_target_allowed_by_policy(run_task, make_config, tmp_path):
     cfg = make_config(upload={"allowed_targets": [shared.as_uri() + "/"]})
     result = run_task(busybox_task("echo to-shared", task_id="shared-1", upload=shared.as_uri() + "/zim/"), cfg)
     assert result.state == "succeeded", result.message
-    assert (shared / "zim" / "shared-1" / "task.log").read_text().endswith("to-shared\n")
+    assert read_log((shared / "zim" / "shared-1" / "task.log.zst").as_uri()).decode().endswith("to-shared\n")
 
 
 def test_same_task_id_twice_is_refused(run_task, workdir):

@@ -7,11 +7,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from support import BUSYBOX, Recorder, busybox_task
+from support import BUSYBOX, Recorder, busybox_task, read_log
 
 
 def _log(result) -> str:
-    return Path(urlsplit(result.log["location"]).path).read_text()
+    return read_log(result.log["location"]).decode()
 
 
 def _count_containers(client) -> int:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from support import Recorder, busybox_task
+from support import Recorder, busybox_task, read_decompressed, read_log
 
 
 def _path(uri: str) -> Path:
@@ -54,28 +54,30 @@ def test_success_with_file_and_directory_artifacts(run_task, workdir):
     assert tree["sha256"] == hashlib.sha256(manifest.encode()).hexdigest()
     assert tree["size"] == 6
 
-    log = _path(doc["log"]["location"]).read_text()
+    log = read_log(doc["log"]["location"]).decode()
     assert "out-line" in log and "err-line" in log and "id=ok-1" in log
     assert log.splitlines()[0][:4].isdigit(), "each line is timestamped"
-    assert doc["log"]["sha256"] == _sha(_path(doc["log"]["location"]))
+    assert doc["log"]["sha256"] == hashlib.sha256(read_log(doc["log"]["location"])).hexdigest()
+    assert doc["log"]["compressed_sha256"] == _sha(_path(doc["log"]["location"]))
     assert doc["log"]["truncated"] is False
 
     ws = workdir / "tasks" / "ok-1"
     assert json.loads((ws / "result.json").read_text())["state"] == "succeeded"
     assert not (ws / "task.log").exists() and not (ws / "artifacts").exists(), "local copies go once the upload is confirmed"
+    assert not (ws / "task.log.zst").exists()
 
 
 def test_nonzero_exit_fails_and_keeps_the_log(run_task):
     result = run_task(busybox_task("echo about to fail; exit 3"))
     assert (result.state, result.reason, result.exit_code) == ("failed", "nonzero-exit", 3)
-    assert "about to fail" in _path(result.log["location"]).read_text()
+    assert "about to fail" in read_log(result.log["location"]).decode()
 
 
 def test_max_run_time_stops_the_task(run_task):
     result = run_task(busybox_task("echo started; sleep 300", max_run_time=2))
     assert (result.state, result.reason) == ("failed", "max-run-time")
     assert result.stages["run"]["duration"] < 15
-    assert "started" in _path(result.log["location"]).read_text()
+    assert "started" in read_log(result.log["location"]).decode()
 
 
 def test_idle_timeout_stops_a_silent_task_but_not_a_chatty_one(run_task):
@@ -97,7 +99,7 @@ def test_fork_bomb_is_held_by_the_pids_limit(run_task, client):
     assert result.reason in ("max-run-time", "nonzero-exit")
     if result.usage["samples"]:
         assert result.usage["peak_pids"] <= 40
-    assert "can't fork" in _path(result.log["location"]).read_text()
+    assert "can't fork" in read_log(result.log["location"]).decode()
     # The host is still able to start containers.
     assert client.containers.run("farmhand-test/busybox:latest", ["true"], remove=True) == b""
 
@@ -119,19 +121,19 @@ def test_secret_values_are_masked_and_never_stored(run_task, workdir):
         )
     )
     assert result.state == "succeeded", result.message
-    log = _path(result.log["location"]).read_text()
+    log = read_log(result.log["location"]).decode()
     assert secret not in log and "hunter2" not in log
     assert "token=***" in log and "user=visible-user" in log
     for stored in (workdir / "tasks" / "secret-1").rglob("*"):
         if stored.is_file():
-            assert secret not in stored.read_text(errors="replace"), stored
+            assert secret.encode() not in read_decompressed(stored), stored
     assert secret not in json.dumps(result.to_dict())
 
 
 def test_hardening_no_new_privileges_and_reduced_capabilities(run_task):
     result = run_task(busybox_task("grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; ping -c1 -W1 127.0.0.1 && echo PING-OK || echo PING-DENIED"))
     assert result.state == "succeeded", result.message
-    log = _path(result.log["location"]).read_text()
+    log = read_log(result.log["location"]).decode()
     assert "NoNewPrivs:\t1" in log
     cap_eff = int(log.split("CapEff:\t")[1].split()[0], 16)
     assert not cap_eff & (1 << 13), "CAP_NET_RAW must be dropped"
@@ -142,7 +144,7 @@ def test_hardening_no_new_privileges_and_reduced_capabilities(run_task):
 def test_network_none_has_only_loopback(run_task):
     result = run_task(busybox_task("ls /sys/class/net", network="none"))
     assert result.state == "succeeded", result.message
-    lines = _path(result.log["location"]).read_text().splitlines()
+    lines = read_log(result.log["location"]).decode().splitlines()
     assert [line.split(" ", 1)[1] for line in lines] == ["lo"]
 
 
@@ -154,7 +156,7 @@ def test_limits_reach_the_container(run_task):
         )
     )
     assert result.state == "succeeded", result.message
-    lines = [line.split(" ", 1)[1] for line in _path(result.log["location"]).read_text().splitlines()]
+    lines = [line.split(" ", 1)[1] for line in read_log(result.log["location"]).decode().splitlines()]
     assert lines[0] == "2048"
     assert lines[1] == "16"  # ulimit -s reports KiB: 16384 bytes
     assert " 16384 " in lines[2]
@@ -166,7 +168,7 @@ def test_log_is_capped_and_truncation_marked(run_task, make_config):
     assert result.state == "succeeded", result.message
     assert result.log["truncated"] is True
     assert result.log["dropped_bytes"] > 1_000_000
-    data = _path(result.log["location"]).read_bytes()
+    data = read_log(result.log["location"])
     assert len(data) <= 64 * 1024 + 200
     assert b"[farmhand] log truncated" in data
     assert result.log["size"] == len(data)

@@ -1,8 +1,9 @@
-"""``farmhand`` command line: run a task on this host, or check one without running it.
+"""``farmhand`` command line: run a task on this host, check one, manage the SSH key and pending uploads.
 
 Exit codes: 0 succeeded, 1 failed (the task's fault), 2 the task or the
 command line is invalid, 3 exception (the host or the policy: image
 unavailable, denied, upload failed...), 4 the worker's config is unusable.
+``pending retry`` exits 3 when an upload still fails.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import time
 from contextlib import contextmanager
 from typing import Any, Iterator, TextIO
 
-from farmhand import __version__, policy
-from farmhand.config import load_config
+from farmhand import __version__, keys, pending, policy
+from farmhand.config import WorkerConfig, load_config
 from farmhand.engine import Engine, connect_docker
-from farmhand.errors import ConfigError, InvalidDocument, PolicyDenied
+from farmhand.errors import ConfigError, InvalidDocument, PolicyDenied, TaskProblem
 from farmhand.result import Result
 from farmhand.task import parse_task, read_task_file
 
@@ -48,7 +49,8 @@ class ConsoleReporter:
     def progress(self, task_id: str, stage: str, message: str, **fields: Any) -> None:
         if "bytes_total" in fields and fields["bytes_total"]:
             done, total = fields["bytes_done"], fields["bytes_total"]
-            message += f" ({done / 1e6:.1f}/{total / 1e6:.1f} MB, {100 * done / total:.0f}%)"
+            rate = f", {fields['rate'] / 1e6:.1f} MB/s" if fields.get("rate") else ""
+            message += f" ({done / 1e6:.1f}/{total / 1e6:.1f} MB, {100 * done / total:.0f}%{rate})"
         self._print(f"[{stage}] {message}")
 
 
@@ -74,6 +76,13 @@ def _summary(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _startup_checks(config: WorkerConfig) -> None:
+    """What must be right before any work starts: the SSH key and known_hosts of sftp:// warehouses."""
+    from farmhand.uploaders.sftp import check_startup
+
+    check_startup(config)
+
+
 def cmd_run_task(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     try:
@@ -82,11 +91,16 @@ def cmd_run_task(args: argparse.Namespace) -> int:
     except InvalidDocument as exc:
         print(f"farmhand: {exc.message}", file=sys.stderr)
         return EXIT_INVALID
+    _startup_checks(config)
     client = connect_docker(config)
     reporter = ConsoleReporter() if not args.quiet else None
     engine = Engine(config, client, reporter)
-    with _cancel_on_signals(engine):
-        result: Result = engine.run(document, task_id=args.task_id)
+    retrier = pending.BackgroundRetrier(config).start()  # earlier failed uploads travel while this task runs
+    try:
+        with _cancel_on_signals(engine):
+            result: Result = engine.run(document, task_id=args.task_id)
+    finally:
+        retrier.stop()
     doc = result.to_dict()
     if args.json:
         json.dump(doc, sys.stdout, indent=2)
@@ -132,6 +146,105 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    path = args.key or config.sftp.private_key
+    try:
+        key = keys.generate(path, args.type, force=args.force)
+    except (FileExistsError, ValueError) as exc:
+        print(f"farmhand: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"wrote {path} (mode 0600) and {path}.pub", file=sys.stderr)
+    print(keys.public_line(key, f"farmhand@{os.uname().nodename}"))
+    print(f"{keys.key_kind(key)} {keys.fingerprint(key)}")
+    return 0
+
+
+def cmd_keys_show(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    key = keys.load_private_key(args.key or config.sftp.private_key)
+    print(keys.public_line(key, f"farmhand@{os.uname().nodename}"))
+    print(f"{keys.key_kind(key)} {keys.fingerprint(key)}")
+    return 0
+
+
+def _entry_line(entry: pending.Entry) -> str:
+    age = time.time() - float(entry.job.get("created_at", time.time()))
+    due = float(entry.job.get("next_try_at", 0)) - time.time()
+    when = f"next try in {due:.0f}s" if due > 0 else "due now"
+    return (
+        f"{entry.path.name}  {len(entry.job['items'])} file(s), {entry.size} bytes -> {entry.target}\n"
+        f"    waiting {age:.0f}s, {entry.job.get('tries', 0)} tries, {when}; last error: {entry.job.get('last_error')}"
+    )
+
+
+def cmd_pending_list(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    found = pending.entries(config)
+    if args.json:
+        json.dump([{"name": e.path.name, "path": str(e.path), **e.job} for e in found], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif not found:
+        print(f"no pending uploads in {config.pending_dir}")
+    else:
+        for entry in found:
+            print(_entry_line(entry))
+    return 0
+
+
+def cmd_pending_retry(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    _startup_checks(config)
+    if args.watch:
+        return _watch_pending(config)
+    try:
+        chosen = [pending.find(config, n) for n in args.names] if args.names else pending.entries(config)
+    except KeyError as exc:
+        print(f"farmhand: {exc.args[0]}", file=sys.stderr)
+        return EXIT_INVALID
+    reporter = ConsoleReporter(sys.stderr)
+    failed = 0
+    for entry in chosen:
+        try:
+            pending.deliver(config, entry, lambda m, **f: reporter.progress(entry.task_id, "upload", m, **f))
+            print(f"{entry.path.name}: delivered to {entry.target}")
+        except (pending.Busy, TaskProblem) as exc:
+            failed += 1
+            print(f"{entry.path.name}: still pending: {getattr(exc, 'message', exc)}")
+    return EXIT["exception"] if failed else 0
+
+
+def _watch_pending(config: WorkerConfig) -> int:
+    """Deliver pending uploads until interrupted: the background retrier as a service of its own."""
+    retrier = pending.BackgroundRetrier(config)
+    print(f"farmhand: retrying pending uploads in {config.pending_dir} every {retrier.interval:g}s (Ctrl-C to stop)", file=sys.stderr)
+    retrier.start()
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        retrier.stop()
+
+
+def cmd_pending_discard(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    code = 0
+    for name in args.names:
+        try:
+            entry = pending.find(config, name)
+            pending.discard(config, entry)
+        except KeyError as exc:
+            print(f"farmhand: {exc.args[0]}", file=sys.stderr)
+            code = EXIT_INVALID
+            continue
+        except pending.Busy as exc:
+            print(f"farmhand: {exc}", file=sys.stderr)
+            code = EXIT["exception"]
+            continue
+        print(f"{name}: discarded ({len(entry.job['items'])} file(s), {entry.size} bytes never uploaded to {entry.target})")
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farmhand", description="Container task worker.")
     parser.add_argument("--version", action="version", version=f"farmhand {__version__}")
@@ -149,6 +262,30 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a task against the contract and this worker's policy; runs nothing")
     val.add_argument("task")
     val.set_defaults(func=cmd_validate)
+
+    keys_cmd = sub.add_parser("keys", help="the worker's SSH key for sftp:// warehouses")
+    keys_sub = keys_cmd.add_subparsers(dest="keys_command", required=True)
+    gen = keys_sub.add_parser("generate", help="write a new key pair (private key mode 0600) at sftp.private_key")
+    gen.add_argument("--type", choices=keys.KEY_TYPES, default="ed25519")
+    gen.add_argument("--key", help="where to write it (default: the config's sftp.private_key)")
+    gen.add_argument("--force", action="store_true", help="replace an existing key")
+    gen.set_defaults(func=cmd_keys_generate)
+    show = keys_sub.add_parser("show", help="print the public key (authorized_keys line) and its SHA256 fingerprint")
+    show.add_argument("--key", help="private key to show (default: the config's sftp.private_key)")
+    show.set_defaults(func=cmd_keys_show)
+
+    pend = sub.add_parser("pending", help="uploads that failed and wait in WORKING_DIR/pending/")
+    pend_sub = pend.add_subparsers(dest="pending_command", required=True)
+    plist = pend_sub.add_parser("list", help="show what waits, where it goes and why it failed")
+    plist.add_argument("--json", action="store_true")
+    plist.set_defaults(func=cmd_pending_list)
+    retry = pend_sub.add_parser("retry", help="upload pending entries now (all of them when none is named)")
+    retry.add_argument("names", nargs="*", metavar="TASK_ID")
+    retry.add_argument("--watch", action="store_true", help="keep retrying in the background until interrupted")
+    retry.set_defaults(func=cmd_pending_retry)
+    discard = pend_sub.add_parser("discard", help="give up on entries: delete their files without uploading them")
+    discard.add_argument("names", nargs="+", metavar="TASK_ID")
+    discard.set_defaults(func=cmd_pending_discard)
     return parser
 
 

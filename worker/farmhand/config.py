@@ -38,8 +38,21 @@ DEFAULTS: dict[str, Any] = {
     },
     "allow": {"privileged": False, "capabilities": [], "host_mounts": [], "devices": [], "caches": True},
     "container": {"capabilities": DEFAULT_CAPABILITIES},
-    "logs": {"max_bytes": "1g"},
-    "upload": {"default": None, "allowed_targets": [], "keep_local": False},
+    "logs": {"max_bytes": "1g", "compression": "zstd"},
+    "upload": {"default": None, "allowed_targets": [], "keep_local": False, "pending_retry_interval": 300},
+    "sftp": {
+        "private_key": "/etc/farmhand/id_rsa",
+        "known_hosts": "/etc/farmhand/known_hosts",
+        "connect_timeout": 20,
+        "attempts": 5,
+        "backoff": 2.0,
+        "backoff_max": 60,
+        "streams": 4,
+        "requests_in_flight": 16,
+        "request_size": 261120,
+        "verify": "stream",
+        "progress_interval": 0.5,
+    },
 }
 
 #: Environment variables that override a config key, with the type to read them as.
@@ -48,6 +61,8 @@ ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], type]] = {
     "FARMHAND_LOG_MAX_BYTES": (("logs", "max_bytes"), str),
     "FARMHAND_UPLOAD_DEFAULT": (("upload", "default"), str),
     "FARMHAND_KILL_GRACE": (("limits", "kill_grace"), float),
+    "FARMHAND_SFTP_PRIVATE_KEY": (("sftp", "private_key"), str),
+    "FARMHAND_SFTP_KNOWN_HOSTS": (("sftp", "known_hosts"), str),
 }
 
 
@@ -97,6 +112,39 @@ def parse_size(value: int | str | None) -> int | None:
 
 
 @dataclass(frozen=True)
+class SftpSettings:
+    """How the ``sftp://`` uploader reaches warehouses; see the ``sftp`` section of config-v1.json."""
+
+    private_key: Path = Path(DEFAULTS["sftp"]["private_key"])
+    known_hosts: Path = Path(DEFAULTS["sftp"]["known_hosts"])
+    connect_timeout: float = DEFAULTS["sftp"]["connect_timeout"]
+    attempts: int = DEFAULTS["sftp"]["attempts"]
+    backoff: float = DEFAULTS["sftp"]["backoff"]
+    backoff_max: float = DEFAULTS["sftp"]["backoff_max"]
+    streams: int = DEFAULTS["sftp"]["streams"]
+    requests_in_flight: int = DEFAULTS["sftp"]["requests_in_flight"]
+    request_size: int = DEFAULTS["sftp"]["request_size"]
+    verify: str = DEFAULTS["sftp"]["verify"]
+    progress_interval: float = DEFAULTS["sftp"]["progress_interval"]
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> "SftpSettings":
+        return cls(
+            private_key=Path(doc["private_key"]),
+            known_hosts=Path(doc["known_hosts"]),
+            connect_timeout=float(doc["connect_timeout"]),
+            attempts=int(doc["attempts"]),
+            backoff=float(doc["backoff"]),
+            backoff_max=float(doc["backoff_max"]),
+            streams=int(doc["streams"]),
+            requests_in_flight=int(doc["requests_in_flight"]),
+            request_size=int(parse_size(doc["request_size"]) or 0),
+            verify=str(doc["verify"]),
+            progress_interval=float(doc["progress_interval"]),
+        )
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     """Validated, typed view of the config document."""
 
@@ -122,10 +170,18 @@ class WorkerConfig:
     upload_allowed_targets: list[str]
     keep_local: bool
     source: str = "defaults"
+    sftp: SftpSettings = field(default_factory=SftpSettings)
+    log_compression: str = "zstd"
+    pending_retry_interval: float = 300.0
 
     @property
     def tasks_dir(self) -> Path:
         return self.working_dir / "tasks"
+
+    @property
+    def pending_dir(self) -> Path:
+        """Uploads that failed wait here, files and all, until delivered or discarded."""
+        return self.working_dir / "pending"
 
     def credentials_for(self, registry: str) -> dict[str, str] | None:
         entry = self.registries.get(registry)
@@ -224,4 +280,7 @@ def _typed(doc: dict[str, Any], source: str) -> WorkerConfig:
         upload_allowed_targets=list(doc["upload"]["allowed_targets"]),
         keep_local=bool(doc["upload"]["keep_local"]),
         source=source,
+        sftp=SftpSettings.from_doc(doc["sftp"]),
+        log_compression=str(doc["logs"]["compression"]),
+        pending_retry_interval=float(doc["upload"]["pending_retry_interval"]),
     )

@@ -26,7 +26,8 @@ import docker
 from docker.errors import DockerException
 
 from farmhand import artifacts as artifact_stage
-from farmhand import policy, sandbox
+from farmhand import pending, policy, sandbox
+from farmhand.compress import compress_file
 from farmhand.config import WorkerConfig
 from farmhand.container_run import RunOutcome, container_options, hardening, run_container
 from farmhand.errors import Cancelled, ConfigError, PolicyDenied, TaskProblem, UploadFailed
@@ -269,48 +270,84 @@ class Engine:
         collected: list[artifact_stage.Collected],
         result: Result,
     ) -> None:
+        """Ship the log (compressed) and artifacts; on failure hand them to pending/ so they are never lost.
+
+        Progress (bytes, total, rate) goes to the reporter and into the upload
+        stage's record as ``progress``, for whoever watches the stage.
+        """
         items: list[UploadItem] = []
         log_path = workspace / LOG_NAME
-        if outcome is not None:
-            result.log = {
-                "location": None,
-                "size": outcome.log.size,
-                "sha256": outcome.log.sha256,
-                "truncated": outcome.log.truncated,
-                "dropped_bytes": outcome.log.dropped_bytes,
-            }
-            items.append(UploadItem(log_path, LOG_NAME, outcome.log.size, outcome.log.sha256))
-        for item in collected:
-            if not item.present or item.local_path is None:
-                continue
-            for f in item.files:
-                if item.spec.type == "file":
-                    items.append(UploadItem(item.local_path, item.spec.name, f.size, f.sha256))
-                else:
-                    items.append(UploadItem(item.local_path / f.path, f"{item.spec.name}/{f.path}", f.size, f.sha256))
-        if not items:
-            return
+        local_copies = [log_path, workspace / "artifacts"]
+        log_name = LOG_NAME
+        if outcome is None and not any(item.present and item.files for item in collected):
+            return  # nothing ran and nothing was collected: no upload stage
         with self._stage(result, "upload") as rec:
+            if outcome is not None:
+                result.log = {
+                    "location": None,
+                    "size": outcome.log.size,
+                    "sha256": outcome.log.sha256,
+                    "truncated": outcome.log.truncated,
+                    "dropped_bytes": outcome.log.dropped_bytes,
+                }
+                log_item = self._compressed_log(log_path, outcome, result)
+                log_name = log_item.remote_name
+                local_copies.append(log_item.local_path)
+                items.append(log_item)
+            for item in collected:
+                if not item.present or item.local_path is None:
+                    continue
+                for f in item.files:
+                    if item.spec.type == "file":
+                        items.append(UploadItem(item.local_path, item.spec.name, f.size, f.sha256))
+                    else:
+                        items.append(UploadItem(item.local_path / f.path, f"{item.spec.name}/{f.path}", f.size, f.sha256))
+
+            def report(message: str, **fields: Any) -> None:
+                if "bytes_total" in fields:
+                    rec["progress"] = {k: fields[k] for k in ("bytes_done", "bytes_total", "rate") if k in fields}
+                self._say(task.task_id, "upload", message, **fields)
+
             try:
-                uploader.upload(task.task_id, items, lambda m: self._say(task.task_id, "upload", m))
-            except TaskProblem as problem:
+                uploader.upload(task.task_id, items, report)
+            except Exception as exc:  # noqa: BLE001 - never lose the files, whatever failed
                 rec["outcome"] = "error"
-                result.conclude("exception", "upload-failed", f"{problem.message}; the files are kept in {workspace}")
-                return
-            except Exception as exc:  # noqa: BLE001 - never lose the files over an uploader bug
-                rec["outcome"] = "error"
-                result.conclude("exception", "upload-failed", f"upload failed: {type(exc).__name__}: {exc}; the files are kept in {workspace}")
+                text = exc.message if isinstance(exc, TaskProblem) else f"upload failed: {type(exc).__name__}: {exc}"
+                target = task.upload or self.config.upload_default
+                try:
+                    entry = pending.hand_off(self.config, task.task_id, target, items, error=text, workspace=workspace, local_copies=local_copies)
+                    kept = f"the files are kept in {workspace} and in {entry.path}, and will be uploaded again in the background (farmhand pending list)"
+                except OSError as keep_exc:
+                    kept = f"the files are kept in {workspace} (they could not be queued in {self.config.pending_dir}: {keep_exc})"
+                result.conclude("exception", "upload-failed", f"{text}; {kept}")
                 return
             if result.log is not None:
-                result.log["location"] = uploader.location(task.task_id, LOG_NAME)
+                result.log["location"] = uploader.location(task.task_id, log_name)
             for rec_art, item in zip(result.artifacts, collected):
                 if item.present:
                     suffix = "/" if item.spec.type == "directory" else ""
                     rec_art["location"] = uploader.location(task.task_id, item.spec.name) + suffix
             if not self.config.keep_local:
-                log_path.unlink(missing_ok=True)
-                shutil.rmtree(workspace / "artifacts", ignore_errors=True)
+                for path in local_copies:
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
 
+    def _compressed_log(self, log_path: Path, outcome: RunOutcome, result: Result) -> UploadItem:
+        """The log as it will travel: compressed per ``logs.compression``, or as is when that is off or fails."""
+        method = self.config.log_compression
+        plain = UploadItem(log_path, LOG_NAME, outcome.log.size, outcome.log.sha256)
+        if method == "none":
+            return plain
+        try:
+            packed = compress_file(log_path, method)
+        except OSError as exc:  # a full local disk must not cost the log: send it uncompressed
+            result.warnings.append(f"log: could not be compressed ({exc.strerror or exc}); uploaded uncompressed")
+            return plain
+        assert result.log is not None
+        result.log.update(compression=method, compressed_size=packed.size, compressed_sha256=packed.sha256)
+        return UploadItem(packed.path, packed.path.name, packed.size, packed.sha256)
 
 def _docker_text(exc: DockerException) -> str:
     text = getattr(exc, "explanation", None) or str(exc)

@@ -1,6 +1,6 @@
 """Where finished work goes. The engine talks to an ``Uploader`` and never to a protocol.
 
-Each scheme (``file://`` here; ``sftp://`` in its own module) registers a
+Each scheme (``file://`` and ``sftp://``, each in its own module) registers a
 factory; the engine asks ``uploader_for(target)``. An uploader must only
 return a location once the bytes there are verified: the engine deletes local
 copies on the strength of that answer.
@@ -27,8 +27,12 @@ class UploadItem:
     sha256: str
 
 
+#: ``report(message, **fields)``: fields, when given, are ``bytes_done``, ``bytes_total`` and ``rate`` (bytes/s).
+ReportFn = Callable[..., None]
+
+
 class Uploader(Protocol):
-    def upload(self, task_id: str, items: list[UploadItem], report: Callable[[str], None]) -> dict[str, str]:
+    def upload(self, task_id: str, items: list[UploadItem], report: ReportFn) -> dict[str, str]:
         """Upload ``items`` under the task's folder; return remote_name -> location of each verified copy."""
         ...
 
@@ -58,10 +62,18 @@ def uploader_for(target: str, config: "WorkerConfig") -> Uploader:
     return factory(target, config)
 
 
+def _sftp(target: str, config: "WorkerConfig") -> Uploader:
+    """Imported on first use: paramiko costs start-up time that file:// hosts need not pay."""
+    from farmhand.uploaders.sftp import SftpUploader
+
+    return SftpUploader(target, config)
+
+
 def _register_builtin() -> None:
     from farmhand.uploaders.file import FileUploader
 
     register("file", FileUploader)
+    register("sftp", _sftp)
 
 
 _register_builtin()

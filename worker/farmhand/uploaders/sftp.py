@@ -1,0 +1,459 @@
+"""The ``sftp://user@host:port/path/`` warehouse: public-key auth, checked host keys, verified, resumable writes.
+
+For each file, under ``path/TASK_ID/``:
+
+1. skip it when the warehouse already has it: same size, and its ``.sha256``
+   sidecar names the same sha256;
+2. write it to ``.NAME.<sha256 prefix>.part``, resuming from that file's
+   remote size (the name carries the content's hash, so a partial file is
+   only ever continued with the bytes it started with);
+3. verify: the bytes sent hash to the artifact's sha256, the remote size is
+   right, and with ``sftp.verify: remote`` the server's own ``sha256sum``
+   agrees;
+4. rename it into place (atomically replacing an older copy), then its
+   ``NAME.sha256`` sidecar (``sha256sum -c`` format) beside it.
+
+A lost connection is tried again with exponential backoff and jitter, up to
+``sftp.attempts`` times; refused keys, denied permissions and a full disk
+stop at once with a message that says so. Several files travel at once,
+each on its own channel (``sftp.streams``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import posixpath
+import queue
+import shlex
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import quote, unquote, urlsplit
+
+import paramiko
+
+from farmhand.backoff import backoff_delay
+from farmhand.errors import ConfigError, UploadFailed
+from farmhand.keys import load_private_key
+from farmhand.uploaders import UploadItem
+from farmhand.uploaders.hashpipe import BackgroundHash
+from farmhand.uploaders.sftp_connect import Endpoint, SftpError, connect, load_known_hosts
+from farmhand.uploaders.sftp_stream import FX_FAILURE, FX_PERMISSION_DENIED, SftpStream, SourceChanged, StatusError
+
+if TYPE_CHECKING:
+    from farmhand.config import SftpSettings, WorkerConfig
+
+SIDECAR = ".sha256"
+#: Errors after which another try may succeed: the connection, not the request, failed.
+TRANSIENT = (EOFError, socket.error, paramiko.SSHException, TimeoutError)
+
+
+@dataclass(frozen=True)
+class SftpTarget:
+    endpoint: Endpoint
+    root: str  # remote directory; relative paths are under the login directory
+
+    @classmethod
+    def parse(cls, uri: str) -> "SftpTarget":
+        """Parse ``sftp://user@host[:port]/path/``; ``/~/path`` is relative to the account's login directory."""
+        parts = urlsplit(uri)
+        where = f"upload target {uri!r}"
+        if parts.scheme != "sftp":
+            raise UploadFailed(f"{where}: not an sftp:// URI")
+        if parts.password is not None:
+            raise UploadFailed(f"{where}: passwords are not accepted in the URI; farmhand authenticates with sftp.private_key")
+        if not parts.username:
+            raise UploadFailed(f"{where}: needs a user name (sftp://USER@host:port/path/)")
+        if not parts.hostname:
+            raise UploadFailed(f"{where}: needs a host (sftp://user@HOST:port/path/)")
+        try:
+            port = parts.port or 22
+        except ValueError:
+            raise UploadFailed(f"{where}: the port is not a number between 1 and 65535") from None
+        if parts.query or parts.fragment:
+            raise UploadFailed(f"{where}: query strings and fragments mean nothing here")
+        path = unquote(parts.path) or "/"
+        if path == "/~" or path.startswith("/~/"):
+            path = path[3:] or "."
+        if _bad_characters(path):
+            raise UploadFailed(f"{where}: the path contains control characters")
+        root = posixpath.normpath(path) if path not in ("", ".") else "."
+        return cls(Endpoint(unquote(parts.username), parts.hostname, port), root)
+
+    def uri_path(self, remote: str) -> str:
+        shown = remote if remote.startswith("/") else "/~/" + remote
+        return quote(shown)
+
+
+def _bad_characters(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def check_name(name: str, what: str = "artifact name") -> list[str]:
+    """The components of a relative remote name, or ``UploadFailed`` for anything that could leave the task's folder."""
+    if not name or name.startswith("/") or "\\" in name or _bad_characters(name):
+        raise UploadFailed(f"refusing to upload {what} {name!r}: not a plain relative name (absolute, empty, backslash or control characters)")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UploadFailed(f"refusing to upload {what} {name!r}: not a plain relative name ('..', '.' or empty components)")
+    return parts
+
+
+class Progress:
+    """Counts confirmed bytes across streams and reports them (bytes, total, rate) at most every ``interval`` seconds."""
+
+    def __init__(self, total: int, report: Callable[..., None], interval: float) -> None:
+        self.total, self.report, self.interval = total, report, interval
+        self.done = 0
+        self.sent = 0  # bytes that crossed the network (not skipped ones): what the rate is made of
+        self.started = time.monotonic()
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def fields(self) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        return {"bytes_done": self.done, "bytes_total": self.total, "rate": round(self.sent / elapsed)}
+
+    def add(self, n: int, *, sent: bool = True, name: str = "") -> None:
+        with self._lock:
+            self.done += n
+            self.sent += n if sent else 0
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                return
+            self._last = now
+            fields = self.fields()
+        self.report(f"uploading {name}".rstrip(), **fields)
+
+    def say(self, message: str, **extra: Any) -> None:
+        with self._lock:
+            fields = self.fields()
+        self.report(message, **fields, **extra)
+
+
+def check_startup(config: "WorkerConfig") -> None:
+    """Refuse to start a worker whose sftp:// warehouses it could never reach: bad key, no known_hosts.
+
+    Raises ``ConfigError`` naming the setting; does nothing when no configured
+    target is sftp://.
+    """
+    targets = [config.upload_default, *config.upload_allowed_targets]
+    if not any(urlsplit(t).scheme == "sftp" for t in targets):
+        return
+    load_private_key(config.sftp.private_key)
+    try:
+        load_known_hosts(config.sftp.known_hosts)
+    except SftpError as exc:
+        raise ConfigError(exc.message) from None
+
+
+class SftpUploader:
+    """Uploads a task's files to one SFTP warehouse; see the module docstring for the protocol."""
+
+    def __init__(self, target: str, config: "WorkerConfig", sleep: Callable[[float], None] = time.sleep) -> None:
+        self.target = SftpTarget.parse(target)
+        self.uri = target
+        self.settings: SftpSettings = config.sftp
+        self.sleep = sleep
+        self._made_dirs: set[str] = set()
+        self._dirs_lock = threading.Lock()
+
+    # -- naming --------------------------------------------------------------------------
+    def _remote(self, task_id: str, remote_name: str) -> str:
+        parts = check_name(task_id, "task id") + check_name(remote_name.rstrip("/") if remote_name.endswith("/") else remote_name)
+        return posixpath.join(self.target.root, *parts)
+
+    def location(self, task_id: str, remote_name: str) -> str:
+        ep = self.target.endpoint
+        path = self.target.uri_path(self._remote(task_id, remote_name))
+        return f"sftp://{quote(ep.user)}@{ep.host}:{ep.port}{path}" + ("/" if remote_name.endswith("/") else "")
+
+    # -- the whole upload ----------------------------------------------------------------
+    def upload(self, task_id: str, items: list[UploadItem], report: Callable[..., None]) -> dict[str, str]:
+        paths = {item.remote_name: self._remote(task_id, item.remote_name) for item in items}
+        sidecars = {p + SIDECAR: name for name, p in paths.items()}
+        for name, path in paths.items():
+            if path in sidecars:
+                raise UploadFailed(f"refusing to upload {name!r}: it would overwrite the checksum sidecar of {sidecars[path]!r}")
+        try:
+            pkey = load_private_key(self.settings.private_key)
+        except ConfigError as exc:
+            raise SftpError(str(exc)) from None
+        known = load_known_hosts(self.settings.known_hosts)
+        progress = Progress(sum(i.size for i in items), report, self.settings.progress_interval)
+        remaining = list(items)
+        attempts = max(1, self.settings.attempts)
+        last = ""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._session(task_id, remaining, paths, pkey, known, progress)
+                break
+            except SftpError as exc:
+                if not exc.transient:
+                    raise
+                last = exc.message
+            except TRANSIENT as exc:
+                last = f"connection to {self.target.endpoint.label} lost: {exc or type(exc).__name__}"
+            if attempt == attempts:
+                raise SftpError(f"upload to {self.target.endpoint.label} failed after {attempts} tries: {last}", transient=True)
+            delay = backoff_delay(attempt, self.settings.backoff, self.settings.backoff_max)
+            progress.say(f"upload interrupted ({last}); try {attempt + 1} of {attempts} in {delay:.1f}s")
+            self.sleep(delay)
+        elapsed = time.monotonic() - progress.started
+        progress.say(f"uploaded {len(items)} file(s), {progress.done} bytes in {elapsed:.2f}s to {self.target.endpoint.label}")
+        return {item.remote_name: self.location(task_id, item.remote_name) for item in items}
+
+    def _session(
+        self,
+        task_id: str,
+        remaining: list[UploadItem],
+        paths: dict[str, str],
+        pkey: paramiko.PKey,
+        known: paramiko.HostKeys,
+        progress: Progress,
+    ) -> None:
+        """One connection: upload what is left with up to ``streams`` files at once; done items leave ``remaining``."""
+        transport = connect(self.target.endpoint, self.settings, pkey, known)
+        work: queue.Queue[UploadItem] = queue.Queue()
+        for item in remaining:
+            work.put(item)
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def worker() -> None:
+            files: _Channels | None = None
+            try:
+                while not errors:
+                    try:
+                        item = work.get_nowait()
+                    except queue.Empty:
+                        return
+                    files = files if files is not None and files.usable else _Channels(transport, self.settings)
+                    self._put(files, item, paths[item.remote_name], progress)
+                    with lock:
+                        remaining.remove(item)
+            except BaseException as exc:  # noqa: BLE001 - handed to the coordinating thread
+                with lock:
+                    errors.append(exc)
+                if not isinstance(exc, SftpError) or exc.transient:
+                    transport.close()  # the connection is suspect: stop the other streams now; the next try reconnects
+                # A refusal (full disk, permission) lets the other streams finish their file, then stop.
+            finally:
+                if files is not None:
+                    files.close()
+
+        threads = [threading.Thread(target=worker, name=f"sftp-stream-{n}", daemon=True) for n in range(min(self.settings.streams, len(remaining)) or 1)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            transport.close()
+        if errors:
+            # A permanent problem outranks the connection errors it caused in the other streams.
+            permanent = [e for e in errors if isinstance(e, SftpError) and not e.transient]
+            raise (permanent or errors)[0]
+
+    # -- one file ------------------------------------------------------------------------
+    def _put(self, ch: "_Channels", item: UploadItem, final: str, progress: Progress) -> None:
+        folder, base = posixpath.split(final)
+        self._makedirs(ch.ctl, folder)
+        sidecar = final + SIDECAR
+        line = f"{item.sha256}  {base}\n".encode()
+        if self._already_there(ch, item, final, sidecar, line):
+            progress.add(item.size, sent=False, name=item.remote_name)
+            progress.say(f"{item.remote_name}: already in the warehouse, identical (size and sha256); skipped")
+            return
+        part = posixpath.join(folder, f".{base}.{item.sha256[:16]}.part")
+        existing = _stat(ch.ctl, part)
+        offset = existing.st_size if existing is not None and (existing.st_size or 0) <= item.size else 0
+        try:
+            src = open(item.local_path, "rb")
+        except OSError as exc:
+            raise SftpError(f"cannot read {item.local_path}: {exc.strerror or exc}") from None
+        hasher = BackgroundHash()
+        try:
+            with src:
+                if offset:
+                    _hash_prefix(src, offset, hasher)
+                    progress.add(offset, sent=False, name=item.remote_name)
+                    progress.say(f"{item.remote_name}: resuming at byte {offset} of {item.size}", resumed_from=offset)
+                ch.stream.write_file(
+                    part, src, offset, item.size - offset, hasher,
+                    truncate=existing is not None and offset == 0,
+                    on_acked=lambda n: progress.add(n, name=item.remote_name),
+                )
+        except StatusError as exc:
+            raise self._explain(ch, exc, part, item.size - offset) from None
+        except SourceChanged as exc:
+            raise SftpError(f"{item.local_path}: {exc}; not uploaded") from None
+        finally:
+            digest = hasher.finish()
+        if digest != item.sha256:
+            _remove(ch.ctl, part)
+            raise SftpError(f"{item.local_path} changed since it was collected: its sha256 is now {digest}, not {item.sha256}; not uploaded")
+        size = _stat(ch.ctl, part)
+        if size is None or size.st_size != item.size:
+            _remove(ch.ctl, part)
+            raise SftpError(f"{part} on {self.target.endpoint.label} has {size.st_size if size else 'no'} bytes after the upload, not {item.size}", transient=True)
+        side_part = posixpath.join(folder, f".{base}{SIDECAR}.part")
+        try:
+            if self.settings.verify == "remote":
+                self._verify_remote(ch.transport, part, item)
+            self._write_small(ch, side_part, line)
+            self._replace(ch.ctl, part, final)
+            self._replace(ch.ctl, side_part, sidecar)
+        except SftpError as exc:
+            if not exc.transient:  # refused for good (full disk...): leave no orphan copy taking space
+                _remove(ch.ctl, part)
+            raise
+
+    def _already_there(self, ch: "_Channels", item: UploadItem, final: str, sidecar: str, line: bytes) -> bool:
+        st = _stat(ch.ctl, final)
+        if st is None or st.st_size != item.size:
+            return False
+        try:
+            with ch.ctl.open(sidecar, "rb") as fh:
+                if fh.read(len(line) + 1) != line:
+                    return False
+        except FileNotFoundError:
+            return False
+        except PermissionError:
+            raise self._denied(f"read {sidecar}") from None
+        if self.settings.verify == "remote":
+            self._verify_remote(ch.transport, final, item)
+        return True
+
+    def _makedirs(self, ctl: paramiko.SFTPClient, folder: str) -> None:
+        """``mkdir -p`` of the task's folders, remembered so each is made once per upload."""
+        missing: list[str] = []
+        path = folder
+        while path not in ("", ".", "/") and path not in self._made_dirs:
+            st = _stat(ctl, path)
+            if st is not None:
+                break
+            missing.append(path)
+            path = posixpath.dirname(path)
+        for path in reversed(missing):
+            try:
+                ctl.mkdir(path, 0o755)
+            except PermissionError:
+                raise self._denied(f"create the folder {path}") from None
+            except OSError:
+                if _stat(ctl, path) is None:  # made meanwhile by another stream, or a real failure
+                    raise self._denied(f"create the folder {path}") from None
+        with self._dirs_lock:
+            self._made_dirs.add(folder)
+
+    def _write_small(self, ch: "_Channels", path: str, data: bytes) -> None:
+        try:
+            ch.stream.write_file(path, io.BytesIO(data), 0, len(data), hashlib.sha256(), truncate=True)
+        except StatusError as exc:
+            raise self._explain(ch, exc, path, len(data)) from None
+
+    def _replace(self, ctl: paramiko.SFTPClient, src: str, dest: str) -> None:
+        """Rename ``src`` over ``dest`` atomically (posix-rename@openssh.com), or remove-then-rename where unsupported."""
+        try:
+            ctl.posix_rename(src, dest)
+            return
+        except PermissionError:
+            raise self._denied(f"rename {src} to {dest}") from None
+        except OSError:
+            pass  # the server lacks the extension: plain SFTP rename refuses to replace
+        _remove(ctl, dest)
+        try:
+            ctl.rename(src, dest)
+        except OSError as exc:
+            raise SftpError(f"cannot rename {src} to {dest} on {self.target.endpoint.label}: {exc}") from None
+
+    def _verify_remote(self, transport: paramiko.Transport, path: str, item: UploadItem) -> None:
+        """Run ``sha256sum`` on the server and compare: the warehouse's own view of the bytes."""
+        channel = transport.open_session(timeout=self.settings.connect_timeout)
+        try:
+            channel.settimeout(max(self.settings.connect_timeout, item.size / 50e6))
+            channel.exec_command(f"sha256sum -b -- {shlex.quote(path)}")
+            channel.shutdown_write()
+            out = b""
+            while chunk := channel.recv(4096):
+                out += chunk
+            status = channel.recv_exit_status()
+            err = channel.recv_stderr(4096).decode("utf-8", "replace").strip()
+        finally:
+            channel.close()
+        digest = out.split(b" ", 1)[0].decode("ascii", "replace")
+        if status != 0 or len(digest) != 64:
+            raise SftpError(
+                f"sftp.verify is 'remote' but sha256sum could not run on {self.target.endpoint.label} (exit {status}: {err or 'no output'}); "
+                "use 'stream' for SFTP-only accounts"
+            )
+        if digest != item.sha256:
+            raise SftpError(f"{path} on {self.target.endpoint.label} hashes to {digest}, not {item.sha256}: the copy is damaged; it will be sent again", transient=True)
+
+    # -- errors --------------------------------------------------------------------------
+    def _denied(self, what: str) -> SftpError:
+        return SftpError(f"permission denied: {self.target.endpoint.label} does not let this account {what}")
+
+    def _explain(self, ch: "_Channels", exc: StatusError, path: str, needed: int) -> SftpError:
+        """Turn a refused write into a message that says why: permissions, a full disk, or the server's words."""
+        if exc.code == FX_PERMISSION_DENIED:
+            return self._denied(f"write {path}")
+        if exc.code == FX_FAILURE:
+            folder = posixpath.dirname(path)
+            free = ch.stream.free_bytes(folder) if ch.stream.usable else None
+            _remove(ch.ctl, path)  # a partial copy the server refused to extend is no use, and on a full disk it keeps it full
+            if free is not None and free < needed:
+                return SftpError(
+                    f"no space left on the warehouse: {self.target.endpoint.label}:{folder} has {free} bytes free and "
+                    f"{posixpath.basename(path)} needs {needed} more; nothing was lost, the files stay on this worker"
+                )
+            detail = f" ({free} bytes free there)" if free is not None else " (the server does not say why; a full disk or quota is likely)"
+            return SftpError(f"the warehouse {self.target.endpoint.label} refused to write {path}: {exc.text or 'failure'}{detail}")
+        return SftpError(f"the warehouse {self.target.endpoint.label} refused {exc}", transient=exc.code in (6, 7))
+
+
+class _Channels:
+    """A stream's two SFTP sessions: paramiko's client for small requests, ours for file contents."""
+
+    def __init__(self, transport: paramiko.Transport, settings: "SftpSettings") -> None:
+        self.transport = transport
+        self.ctl = paramiko.SFTPClient.from_transport(transport)
+        assert self.ctl is not None
+        self.ctl.get_channel().settimeout(settings.connect_timeout)
+        self.stream = SftpStream(transport, timeout=settings.connect_timeout, request_size=settings.request_size, in_flight=settings.requests_in_flight)
+
+    @property
+    def usable(self) -> bool:
+        return self.stream.usable and not self.ctl.get_channel().closed
+
+    def close(self) -> None:
+        self.stream.close()
+        self.ctl.close()
+
+
+def _stat(ctl: paramiko.SFTPClient, path: str) -> paramiko.SFTPAttributes | None:
+    try:
+        return ctl.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _remove(ctl: paramiko.SFTPClient, path: str) -> None:
+    try:
+        ctl.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _hash_prefix(src: Any, length: int, hasher: Any) -> None:
+    """Hash the first ``length`` bytes of ``src`` (already on the server), leaving it positioned after them."""
+    left = length
+    while left:
+        block = src.read(min(left, 1 << 20))
+        if not block:
+            raise SftpError(f"the local file is shorter than the {length} bytes already uploaded: it changed since it was collected")
+        hasher.update(block)
+        left -= len(block)
