@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from support import Recorder, busybox_task, read_decompressed, read_log
+from support import BUSYBOX, Recorder, busybox_task, read_decompressed, read_log
 
 
 def _path(uri: str) -> Path:
@@ -181,3 +181,19 @@ def test_a_command_that_cannot_start_fails_the_task(run_task):
     other = run_task(busybox_task("id", user="nosuchuser"))
     assert (other.state, other.reason) == ("failed", "start-failed")
     assert "nosuchuser" in other.message
+
+
+def test_output_of_fast_exiting_tasks_is_captured_to_the_last_byte(client):
+    """Docker 20.10 can end a follow stream before the log's end when the container exits; nothing may be lost."""
+    from farmhand.docker_logs import OutputStream
+
+    for _ in range(15):
+        container = client.containers.create(BUSYBOX, ["sh", "-c", "yes 0123456789abcdef0123456789abcdef | head -c 2000000; echo; echo last-line"])
+        try:
+            container.start()
+            captured = b"".join(OutputStream(client, container.id))
+            container.wait()
+            assert captured == container.logs(timestamps=True)
+            assert captured.endswith(b" last-line\n")
+        finally:
+            container.remove(force=True)

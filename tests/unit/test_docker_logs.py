@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farmhand.docker_logs import demux, raw
+from farmhand.docker_logs import OutputStream, demux, since_param
 
 
 def frame(stream: int, payload: bytes) -> bytes:
@@ -24,24 +26,24 @@ def reader(data: bytes, cuts: list[int]):
     return lambda n: next(it, b"")
 
 
+def joined(batches) -> bytes:
+    return b"".join(b"".join(frames) for frames in batches)
+
+
 def test_frames_of_both_streams_are_joined_in_order():
     data = frame(1, b"out 1\n") + frame(2, b"err 1\n") + frame(1, b"out 2\n")
-    assert b"".join(demux(reader(data, []))) == b"out 1\nerr 1\nout 2\n"
+    assert joined(demux(reader(data, []))) == b"out 1\nerr 1\nout 2\n"
 
 
 def test_a_frame_cut_anywhere_waits_for_its_rest():
     data = frame(1, b"hello world\n") + frame(2, b"x" * 300)
     for cut in range(1, len(data)):
-        assert b"".join(demux(reader(data, [cut]))) == b"hello world\n" + b"x" * 300
+        assert joined(demux(reader(data, [cut]))) == b"hello world\n" + b"x" * 300
 
 
 def test_a_truncated_stream_drops_only_the_incomplete_frame():
     data = frame(1, b"complete\n") + frame(1, b"never finished")[:-3]
-    assert b"".join(demux(reader(data, [5]))) == b"complete\n"
-
-
-def test_raw_stream_passes_bytes_through():
-    assert b"".join(raw(reader(b"tty output\r\n", [3, 7]))) == b"tty output\r\n"
+    assert joined(demux(reader(data, [5]))) == b"complete\n"
 
 
 @settings(max_examples=200, deadline=None)
@@ -51,4 +53,67 @@ def test_raw_stream_passes_bytes_through():
 )
 def test_any_chunking_yields_the_payloads_in_order(payloads, cuts):
     data = b"".join(frame(s, p) for s, p in payloads)
-    assert b"".join(demux(reader(data, cuts))) == b"".join(p for _, p in payloads)
+    assert joined(demux(reader(data, cuts))) == b"".join(p for _, p in payloads)
+
+
+def line(ns: int, text: str) -> bytes:
+    return f"2026-11-23T10:00:00.{ns:09d}Z {text}\n".encode()
+
+
+class ScriptedStream(OutputStream):
+    """OutputStream whose Docker answers follow a script: follow streams, then the tail=1 answer."""
+
+    def __init__(self, follow_streams: list[list[bytes]], full_log: list[bytes], running_after: list[bool], per_frame: bool = False) -> None:
+        super().__init__(client=type("C", (), {"api": None})(), container_id="c0ffee")
+        self.follow_streams = follow_streams
+        self.full_log = full_log
+        self.running_after = running_after
+        self.requests: list[dict] = []
+        self.per_frame = per_frame  # one read per frame, so each frame is a batch of its own
+
+    def _open(self, **params):
+        self.requests.append(params)
+        if params.get("tail") == 1:
+            lines = self.full_log[-1:]
+        elif params.get("follow"):
+            lines = self.follow_streams.pop(0)
+        else:  # a catch-up read: everything from `since` on, as Docker filters it
+            since = params.get("since")
+            lines = [l for l in self.full_log if since is None or since_param(l[:30]) >= since]
+        framed = [frame(1, l) for l in lines]
+        cuts = [sum(len(f) for f in framed[: i + 1]) for i in range(len(framed))] if self.per_frame else []
+        return reader(b"".join(framed), cuts)
+
+    def _close_response(self) -> None:
+        pass
+
+    def _running(self) -> bool:
+        return self.running_after.pop(0)
+
+
+LOG = [line(1, "one"), line(2, "two"), line(3, "three-a"), line(3, "three-b"), line(3, "three-c"), line(4, "four")]
+
+
+def test_a_complete_stream_needs_no_second_read():
+    s = ScriptedStream([LOG], LOG, running_after=[False])
+    assert b"".join(s) == b"".join(LOG)
+    assert s.resumes == 0 and [r for r in s.requests if "since" in r] == []
+
+
+@pytest.mark.parametrize("per_frame", [False, True])
+@pytest.mark.parametrize("cut", range(0, len(LOG)))
+def test_a_stream_that_ends_early_is_completed_without_duplicates(cut, per_frame):
+    s = ScriptedStream([LOG[:cut]], LOG, running_after=[False], per_frame=per_frame)
+    assert b"".join(s) == b"".join(LOG)
+    assert s.resumes == 1
+
+
+@pytest.mark.parametrize("cut", range(1, len(LOG)))
+def test_a_stream_cut_while_the_task_runs_is_followed_again(cut):
+    s = ScriptedStream([LOG[:cut], [l for l in LOG if since_param(l[:30]) >= since_param(LOG[cut - 1][:30])]], LOG, running_after=[True, False])
+    assert b"".join(s) == b"".join(LOG)
+    assert s.resumes == 1
+
+
+def test_since_param_keeps_nanoseconds():
+    assert since_param(b"2026-11-23T10:00:00.000000003Z") == "1795428000.000000003"
