@@ -81,3 +81,39 @@ def random_file(path: Path, size: int) -> str:
             h.update(block)
             left -= len(block)
     return h.hexdigest()
+
+
+#: Runs argv in a child forked from this small process and writes that child's peak RSS (KiB)
+#: and exit code to the fd given first. Linux carries a process's peak RSS across fork and exec,
+#: so a child spawned straight from the test runner would report the runner's own size; like
+#: GNU time, this launcher stays small.
+_PEAK_RSS_LAUNCHER = """
+import os, sys
+report_fd, argv = int(sys.argv[1]), sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+_, status, usage = os.wait4(pid, 0)
+os.write(report_fd, f"{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}".encode())
+"""
+
+
+def run_measuring_peak_rss(argv: list[str], stdout: Any, stderr: Any) -> tuple[int, int]:
+    """(exit code, peak RSS in KiB) of ``argv`` alone."""
+    import subprocess
+    import sys
+
+    read_fd, write_fd = os.pipe()
+    try:
+        launcher = [sys.executable, "-c", _PEAK_RSS_LAUNCHER, str(write_fd), *argv]
+        proc = subprocess.Popen(launcher, stdout=stdout, stderr=stderr, pass_fds=(write_fd,))
+        os.close(write_fd)
+        write_fd = -1
+        report = os.read(read_fd, 100).decode()
+        proc.wait()
+    finally:
+        os.close(read_fd)
+        if write_fd != -1:
+            os.close(write_fd)
+    peak, code = (int(x) for x in report.split())
+    return code, peak

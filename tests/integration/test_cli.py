@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from farmhand.compress import open_decompressed
-from support import busybox_task, read_log
+from support import busybox_task, read_log, run_measuring_peak_rss
 
 
 def _write(tmp_path: Path, name: str, doc: Any) -> Path:
@@ -88,9 +88,7 @@ def test_200_megabytes_of_output_with_bounded_worker_memory(tmp_path, workdir):
     task = _write(tmp_path, "big.yml", busybox_task(f"yes '{line}' | head -c {total}", max_run_time=600))
     out_path, err_path = tmp_path / "out.json", tmp_path / "err.txt"
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "farmhand", "--config", str(cfg), "run-task", "--json", "-q", str(task)], stdout=out, stderr=err)
-        # wait4 gives this one child's own peak RSS.
-        _, status, usage = os.wait4(proc.pid, 0)
+        code, peak_kib = run_measuring_peak_rss([sys.executable, "-m", "farmhand", "--config", str(cfg), "run-task", "--json", "-q", str(task)], out, err)
     out, err = out_path.read_text(), err_path.read_text()
     doc = json.loads(out)
     assert doc["state"] == "succeeded", (doc["message"], err)
@@ -104,9 +102,9 @@ def test_200_megabytes_of_output_with_bounded_worker_memory(tmp_path, workdir):
     assert doc["log"]["size"] == size > total
     assert h.hexdigest() == doc["log"]["sha256"]
     assert doc["log"]["truncated"] is False
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert usage.ru_maxrss < 150 * 1024, f"worker peak RSS {usage.ru_maxrss / 1024:.0f} MiB"
-    print(f"200 MB log: worker peak RSS {usage.ru_maxrss / 1024:.1f} MiB")
+    assert code == 0
+    assert peak_kib < 150 * 1024, f"worker peak RSS {peak_kib / 1024:.0f} MiB"
+    print(f"200 MB log: worker peak RSS {peak_kib / 1024:.1f} MiB")
 
 
 def test_sigterm_cancels_cleanly_and_keeps_the_partial_log(tmp_path, workdir, client):
