@@ -6,7 +6,6 @@ a task names an image, never a password.
 
 from __future__ import annotations
 
-import random
 import re
 import time
 from typing import Callable
@@ -16,6 +15,7 @@ from docker.auth import resolve_repository_name
 from docker.errors import APIError, DockerException, ImageNotFound
 from docker.utils import parse_repository_tag
 
+from farmhand.backoff import backoff_delay
 from farmhand.config import WorkerConfig
 from farmhand.errors import ImageUnavailable
 
@@ -25,6 +25,9 @@ PERMANENT = re.compile(
     r"no basic auth credentials|invalid reference format|repository name must",
     re.IGNORECASE,
 )
+
+#: The longest wait between two pull tries, in seconds.
+PULL_BACKOFF_CAP = 60.0
 
 ProgressFn = Callable[[str, dict[str, int]], None]
 
@@ -113,8 +116,7 @@ def ensure_image(
             text = getattr(exc, "explanation", None) or str(exc)
             if PERMANENT.search(str(text)) or attempt == attempts:
                 break
-            delay = config.pull_backoff * (2 ** (attempt - 1))
-            delay += random.uniform(0, delay / 2)
+            delay = backoff_delay(attempt, config.pull_backoff, cap=PULL_BACKOFF_CAP)
             if report:
                 report(f"pull failed ({text}); try {attempt + 1} of {attempts} in {delay:.1f}s", {})
             sleep(delay)
