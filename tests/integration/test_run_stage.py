@@ -197,3 +197,10 @@ def test_output_of_fast_exiting_tasks_is_captured_to_the_last_byte(client):
             assert captured.endswith(b" last-line\n")
         finally:
             container.remove(force=True)
+
+
+def test_a_child_killed_for_memory_does_not_fail_a_command_that_recovers(run_task):
+    result = run_task(busybox_task("dd if=/dev/zero of=/dev/null bs=256M count=1 || echo recovered", resources={"memory": "32m"}))
+    assert (result.state, result.reason) == ("succeeded", None)
+    assert any("lack of memory" in w for w in result.warnings)
+    assert "recovered" in read_log(result.log["location"]).decode()

@@ -189,7 +189,8 @@ def run_container(
         if stopped_for:
             report(f"stopping container: {stopped_for}")
             _stop(container, config.kill_grace)
-            exited.wait()
+            if not exited.wait(config.kill_grace + 60):
+                report("the container did not stop; cleanup will remove it by force")
             break
     runtime = time.monotonic() - started
 

@@ -29,7 +29,7 @@ from farmhand import artifacts as artifact_stage
 from farmhand import pending, policy, sandbox
 from farmhand.compress import compress_file
 from farmhand.config import WorkerConfig
-from farmhand.container_run import RunOutcome, container_options, hardening, run_container
+from farmhand.container_run import RunOutcome, container_options, hardening, resource_options, run_container
 from farmhand.errors import Cancelled, ConfigError, PolicyDenied, TaskProblem, UploadFailed
 from farmhand.events import NullReporter, Reporter
 from farmhand.images import ensure_image
@@ -182,9 +182,11 @@ class Engine:
             pull(svc.image, svc.pull)
         network = sandbox.create_network(self.client, tid) if task.network == "bridge" else None
         volumes = sandbox.ensure_caches(self.client, task.caches)
+        # Services get the same hardening as the task and the host's default limits.
+        service_options = {**hardening(self.config), **resource_options(self.config.default_resources)}
         for svc in task.services:
             assert network is not None  # checked by the task contract
-            sandbox.start_service(self.client, tid, svc, network, hardening(self.config), lambda m: self._say(tid, "prepare", m))
+            sandbox.start_service(self.client, tid, svc, network, service_options, lambda m: self._say(tid, "prepare", m))
         resources = policy.effective_resources(self.config, task)
         return container_options(self.config, task, resources, network, volumes)
 
@@ -211,10 +213,12 @@ class Engine:
             result.conclude("failed", "max-run-time", f"stopped after max_run_time of {task.max_run_time}s")
         elif outcome.stopped_for == "idle-timeout":
             result.conclude("failed", "idle-timeout", f"stopped after {task.idle_timeout}s without output (idle_timeout)")
-        elif outcome.oom_killed:
+        elif outcome.oom_killed and code != 0:
             result.conclude("failed", "oom-killed", "the container ran out of memory and was killed (memory limit reached)")
         elif code == 0:
             result.conclude("succeeded", None)
+            if outcome.oom_killed:
+                result.warnings.append("run: a process of the task was killed for lack of memory, but the command exited 0")
         elif code in task.retry_on_exit_codes:
             result.conclude("exception", "intermittent", f"exit code {code} is listed in retry_on_exit_codes")
         else:

@@ -56,11 +56,14 @@ def start_service(
     task_id: str,
     service: Service,
     network: str,
-    hardening: dict[str, Any],
+    options: dict[str, Any],
     report: Callable[[str], None],
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """Start one helper container, reachable as ``service.name``, and wait until it is ready."""
+    """Start one helper container, reachable as ``service.name``, and wait until it is ready.
+
+    ``options`` are the container settings every task container gets (hardening, limits).
+    """
     container = client.containers.create(
         service.image,
         command=service.command,
@@ -72,7 +75,7 @@ def start_service(
         # A network alias is what makes the service reachable by its bare name.
         networking_config={network: client.api.create_endpoint_config(aliases=[service.name])},
         detach=True,
-        **hardening,
+        **options,
     )
     container.start()
     report(f"service {service.name} started")
