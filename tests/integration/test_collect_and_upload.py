@@ -105,3 +105,23 @@ def test_same_task_id_twice_is_refused(run_task, workdir):
     assert (second.state, second.reason) == ("exception", "duplicate-task-id")
     stored = json.loads((workdir / "tasks" / "twice-1" / "result.json").read_text())
     assert stored["state"] == "succeeded", "the first task's result is not overwritten"
+
+
+def test_artifacts_over_the_workers_disk_budget_fail_without_filling_the_disk(run_task, make_config, workdir):
+    cfg = make_config(limits={"artifacts_max_bytes": "1m", "kill_grace": 1, "max_run_time": 3600})
+    result = run_task(
+        busybox_task(
+            "mkdir -p /out/big; head -c 700000 /dev/zero > /out/small.bin; head -c 600000 /dev/zero > /out/big/a.bin",
+            task_id="budget-1",
+            artifacts=[{"path": "/out/small.bin", "name": "small.bin"}, {"path": "/out/big", "name": "big", "type": "directory"}],
+        ),
+        cfg,
+    )
+    assert (result.state, result.reason) == ("failed", "artifact-too-large")
+    assert "limits.artifacts_max_bytes" in result.message
+    small, big = result.artifacts
+    assert small["present"] and small["size"] == 700000
+    assert big["present"] is False and big["location"] is None
+    warehouse = workdir / "warehouse" / "budget-1"
+    assert (warehouse / "small.bin").stat().st_size == 700000
+    assert not (warehouse / "big").exists()

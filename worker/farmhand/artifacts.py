@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -41,8 +42,14 @@ class Collected:
     local_path: Path | None = None
     present: bool = False
     problem: str | None = None
+    #: The result reason a problem means for a required artifact.
+    problem_reason: str | None = None
     files: list[FileEntry] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+
+    def fail(self, reason: str, message: str) -> "Collected":
+        self.problem_reason, self.problem, self.present = reason, message, False
+        return self
 
     @property
     def size(self) -> int:
@@ -81,6 +88,25 @@ class _ChunkReader(io.RawIOBase):
         return n
 
 
+class TooLarge(Exception):
+    """The task's artifacts together exceed the worker's ``limits.artifacts_max_bytes``."""
+
+
+@dataclass
+class Budget:
+    """Bytes the task's artifacts may still take on the worker's disk; None means no limit."""
+
+    remaining: int | None = None
+    limit: int | None = None
+
+    def take(self, size: int) -> None:
+        if self.remaining is None:
+            return
+        if size > self.remaining:
+            raise TooLarge(f"the task's artifacts exceed this worker's limit of {self.limit} bytes (limits.artifacts_max_bytes)")
+        self.remaining -= size
+
+
 def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> FileEntry:
     src = tar.extractfile(member)
     assert src is not None
@@ -94,8 +120,12 @@ def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> F
     return FileEntry(path="", size=size, sha256=h.hexdigest())
 
 
-def _extract(tar: tarfile.TarFile, spec: ArtifactSpec, root: Path, item: Collected) -> None:
-    """Write the members of one artifact's archive under ``root``."""
+def _extract(tar: tarfile.TarFile, spec: ArtifactSpec, root: Path, item: Collected, budget: Budget) -> None:
+    """Write the members of one artifact's archive under ``root``.
+
+    Sizes come from the tar headers, so a member over budget is refused before
+    a byte of it reaches the disk.
+    """
     for member in tar:
         parts = PurePosixPath(member.name).parts
         rel = PurePosixPath(*parts[1:]) if len(parts) > 1 else PurePosixPath("")
@@ -105,6 +135,8 @@ def _extract(tar: tarfile.TarFile, spec: ArtifactSpec, root: Path, item: Collect
         except tarfile.FilterError as exc:
             item.skipped.append(f"{member.name}: {exc}")
             continue
+        if member.isfile():
+            budget.take(member.size)
         if spec.type == "file":
             if member.isfile():
                 item.files.append(_copy_member(tar, member, root))
@@ -122,42 +154,48 @@ def _extract(tar: tarfile.TarFile, spec: ArtifactSpec, root: Path, item: Collect
             item.skipped.append(f"{rel}: {kind}, not copied")
 
 
-def collect_one(container: Any, spec: ArtifactSpec, dest_dir: Path) -> Collected:
+def collect_one(container: Any, spec: ArtifactSpec, dest_dir: Path, budget: Budget | None = None) -> Collected:
     item = Collected(spec=spec)
     try:
         chunks, stat = container.get_archive(spec.path)
     except NotFound:
-        item.problem = f"artifact {spec.name!r}: {spec.path} does not exist in the container"
-        return item
+        return item.fail("artifact-missing", f"artifact {spec.name!r}: {spec.path} does not exist in the container")
     mode = int(stat.get("mode", 0))
     if mode & GO_MODE_SYMLINK:
-        item.problem = (
+        return item.fail(
+            "artifact-invalid",
             f"artifact {spec.name!r}: {spec.path} is a symbolic link (to {stat.get('linkTarget')!r}); "
-            "farmhand does not follow links out of an artifact"
+            "farmhand does not follow links out of an artifact",
         )
-        return item
     is_dir = bool(mode & GO_MODE_DIR)
     if is_dir != (spec.type == "directory"):
         actual = "a directory" if is_dir else "not a directory"
-        item.problem = f"artifact {spec.name!r}: {spec.path} is {actual}, but the task declares type {spec.type!r}"
-        return item
+        return item.fail("artifact-invalid", f"artifact {spec.name!r}: {spec.path} is {actual}, but the task declares type {spec.type!r}")
     if not is_dir and mode & GO_MODE_TYPE:
-        item.problem = f"artifact {spec.name!r}: {spec.path} is not a regular file"
-        return item
+        return item.fail("artifact-invalid", f"artifact {spec.name!r}: {spec.path} is not a regular file")
 
     root = dest_dir / spec.name
     dest_dir.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(chunks), 1 << 20), mode="r|") as tar:
-        _extract(tar, spec, root, item)
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(chunks), 1 << 20), mode="r|") as tar:
+            _extract(tar, spec, root, item, budget or Budget())
+    except TooLarge as exc:
+        if root.is_dir():
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            root.unlink(missing_ok=True)
+        item.files.clear()
+        return item.fail("artifact-too-large", f"artifact {spec.name!r}: {exc}")
     if spec.type == "directory":
         root.mkdir(parents=True, exist_ok=True)
     elif not item.files:
-        item.problem = f"artifact {spec.name!r}: {spec.path} came out of the container empty-handed"
-        return item
+        return item.fail("artifact-invalid", f"artifact {spec.name!r}: {spec.path} came out of the container empty-handed")
     item.local_path = root
     item.present = True
     return item
 
 
-def collect(container: Any, specs: Iterable[ArtifactSpec], dest_dir: Path) -> list[Collected]:
-    return [collect_one(container, spec, dest_dir) for spec in specs]
+def collect(container: Any, specs: Iterable[ArtifactSpec], dest_dir: Path, max_bytes: int | None = None) -> list[Collected]:
+    """Collect every artifact; together they may take at most ``max_bytes`` of the worker's disk."""
+    budget = Budget(max_bytes, max_bytes)
+    return [collect_one(container, spec, dest_dir, budget) for spec in specs]

@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
         "defaults": {"pids": 4096, "shm_size": "64m", "ulimits": {}},
         "ceilings": {"pids": 65536, "shm_size": "4g", "ulimits": {"nofile": 1048576}},
         "kill_grace": 10,
+        "artifacts_max_bytes": None,
     },
     "allow": {"privileged": False, "capabilities": [], "host_mounts": [], "devices": [], "caches": True},
     "container": {"capabilities": DEFAULT_CAPABILITIES},
@@ -166,6 +167,7 @@ class WorkerConfig:
     allow_caches: bool
     container_capabilities: list[str]
     log_max_bytes: int
+    artifacts_max_bytes: int | None
     upload_default: str
     upload_allowed_targets: list[str]
     keep_local: bool
@@ -276,6 +278,7 @@ def _typed(doc: dict[str, Any], source: str) -> WorkerConfig:
         allow_caches=bool(doc["allow"]["caches"]),
         container_capabilities=list(doc["container"]["capabilities"]),
         log_max_bytes=int(parse_size(doc["logs"]["max_bytes"]) or 0),
+        artifacts_max_bytes=parse_size(limits["artifacts_max_bytes"]),
         upload_default=upload_default,
         upload_allowed_targets=list(doc["upload"]["allowed_targets"]),
         keep_local=bool(doc["upload"]["keep_local"]),

@@ -230,18 +230,20 @@ class Engine:
         if not task.artifacts:
             return []
         container = self.client.containers.get(outcome.container_id)
-        collected = artifact_stage.collect(container, task.artifacts, workspace / "artifacts")
-        problems = []
+        collected = artifact_stage.collect(container, task.artifacts, workspace / "artifacts", self.config.artifacts_max_bytes)
+        failed = [i for i in collected if not i.present and not i.spec.optional]
         for item in collected:
             for skipped in item.skipped:
                 result.warnings.append(f"artifact {item.spec.name!r}: {skipped}")
-            if not item.present and not item.spec.optional:
-                problems.append(item.problem or f"artifact {item.spec.name!r} is missing")
+            if item.problem and item.spec.optional and item.problem_reason != "artifact-missing":
+                result.warnings.append(item.problem)
         result.artifacts = [self._artifact_record(i) for i in collected]
-        if problems and result.state == "succeeded":
-            invalid = any(not i.present and not i.spec.optional and "does not exist" not in (i.problem or "") for i in collected)
-            result.conclude("failed", "artifact-invalid" if invalid else "artifact-missing", "; ".join(problems))
-        elif problems:
+        problems = [i.problem or f"artifact {i.spec.name!r} is missing" for i in failed]
+        if failed and result.state == "succeeded":
+            severity = ["artifact-too-large", "artifact-invalid", "artifact-missing"]
+            reason = min((i.problem_reason or "artifact-missing" for i in failed), key=severity.index)
+            result.conclude("failed", reason, "; ".join(problems))
+        elif failed:
             result.warnings.extend(problems)
         return collected
 
