@@ -39,6 +39,7 @@ integration: images venv
 bench: images venv
 	$(PY) bench/run_task.py
 	$(PY) bench/upload.py
+	$(PY) bench/log_capture.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis var
