@@ -19,6 +19,13 @@ def render(**variables: object) -> str:
     return env.from_string(TEMPLATE.read_text()).render(**variables)
 
 
+def test_the_template_shows_every_setting_with_the_workers_default():
+    """One source of truth: rendered with no variables, the template is exactly the worker's DEFAULTS."""
+    rendered = yaml.safe_load(render())
+    assert rendered.pop("version") == 1
+    assert rendered == DEFAULTS
+
+
 def test_defaults_render_to_the_workers_own_defaults(tmp_path):
     path = tmp_path / "config.yml"
     path.write_text(render())
