@@ -41,6 +41,23 @@ class Uploader(Protocol):
         ...
 
 
+def has_control_characters(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def check_name(name: str, what: str = "artifact name") -> list[str]:
+    """The components of a relative remote name, or ``UploadFailed`` for anything that could leave the task's folder.
+
+    Every uploader calls this, so what a warehouse may be asked to write is one rule for all protocols.
+    """
+    if not name or name.startswith("/") or "\\" in name or has_control_characters(name):
+        raise UploadFailed(f"refusing to upload {what} {name!r}: not a plain relative name (absolute, empty, backslash or control characters)")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UploadFailed(f"refusing to upload {what} {name!r}: not a plain relative name ('..', '.' or empty components)")
+    return parts
+
+
 #: Builds an uploader for a target URI, with the host's config (keys, trust...).
 UploaderFactory = Callable[[str, "WorkerConfig"], Uploader]
 _FACTORIES: dict[str, UploaderFactory] = {}

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 from farmhand.digest import sha256_file
 from farmhand.errors import UploadFailed
-from farmhand.uploaders import UploadItem
+from farmhand.uploaders import UploadItem, check_name
 
 
 class FileUploader:
@@ -28,10 +28,8 @@ class FileUploader:
         self.target = target
 
     def _destination(self, task_id: str, remote_name: str) -> Path:
-        rel = PurePosixPath(remote_name)
-        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-            raise UploadFailed(f"refusing to upload to {remote_name!r}: not a plain relative name")
-        return self.root.joinpath(task_id, *rel.parts)
+        parts = check_name(task_id, "task id") + check_name(remote_name[:-1] if remote_name.endswith("/") else remote_name)
+        return self.root.joinpath(*parts)
 
     def location(self, task_id: str, remote_name: str) -> str:
         return self._destination(task_id, remote_name).as_uri() + ("/" if remote_name.endswith("/") else "")

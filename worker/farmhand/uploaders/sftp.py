@@ -38,7 +38,7 @@ import paramiko
 from farmhand.backoff import backoff_delay
 from farmhand.errors import ConfigError, UploadFailed
 from farmhand.keys import load_private_key
-from farmhand.uploaders import UploadItem
+from farmhand.uploaders import UploadItem, has_control_characters, check_name
 from farmhand.uploaders.hashpipe import BackgroundHash
 from farmhand.uploaders.sftp_connect import Endpoint, SftpError, connect, load_known_hosts
 from farmhand.uploaders.sftp_stream import FX_FAILURE, FX_PERMISSION_DENIED, SftpStream, SourceChanged, StatusError
@@ -78,7 +78,7 @@ class SftpTarget:
         path = unquote(parts.path) or "/"
         if path == "/~" or path.startswith("/~/"):
             path = path[3:] or "."
-        if _bad_characters(path):
+        if has_control_characters(path):
             raise UploadFailed(f"{where}: the path contains control characters")
         root = posixpath.normpath(path) if path not in ("", ".") else "."
         return cls(Endpoint(unquote(parts.username), parts.hostname, port), root)
@@ -86,20 +86,6 @@ class SftpTarget:
     def uri_path(self, remote: str) -> str:
         shown = remote if remote.startswith("/") else "/~/" + remote
         return quote(shown)
-
-
-def _bad_characters(text: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in text)
-
-
-def check_name(name: str, what: str = "artifact name") -> list[str]:
-    """The components of a relative remote name, or ``UploadFailed`` for anything that could leave the task's folder."""
-    if not name or name.startswith("/") or "\\" in name or _bad_characters(name):
-        raise UploadFailed(f"refusing to upload {what} {name!r}: not a plain relative name (absolute, empty, backslash or control characters)")
-    parts = name.split("/")
-    if any(p in ("", ".", "..") for p in parts):
-        raise UploadFailed(f"refusing to upload {what} {name!r}: not a plain relative name ('..', '.' or empty components)")
-    return parts
 
 
 class Progress:
