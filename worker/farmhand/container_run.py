@@ -33,7 +33,6 @@ class RunOutcome:
     stopped_for: str | None  # "max-run-time" | "idle-timeout" | "cancelled" | None
     log: LogSummary
     usage: dict[str, Any] = field(default_factory=dict)
-    runtime: float = 0.0
 
 
 def hardening(config: WorkerConfig) -> dict[str, Any]:
@@ -192,7 +191,6 @@ def run_container(
             if not exited.wait(config.kill_grace + 60):
                 report("the container did not stop; cleanup will remove it by force")
             break
-    runtime = time.monotonic() - started
 
     log = pump.wait(timeout=300)
     if "error" in wait_result:
@@ -209,7 +207,6 @@ def run_container(
         stopped_for=stopped_for,
         log=log,
         usage=sampler.summary(),
-        runtime=runtime,
     )
 
 

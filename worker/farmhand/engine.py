@@ -80,10 +80,7 @@ class Engine:
 
     # -- helpers -----------------------------------------------------------------
     def _say(self, task_id: str, stage: str, message: str, **fields: Any) -> None:
-        try:
-            self.reporter.progress(task_id, stage, message, **fields)
-        except Exception:  # noqa: BLE001 - a broken display must not break a task
-            log.exception("reporter failed")
+        self._notify("progress", task_id, stage, message, **fields)
 
     @contextmanager
     def _stage(self, result: Result, name: str) -> Iterator[dict[str, Any]]:
@@ -96,9 +93,9 @@ class Engine:
             rec = result.stages[name]
             self._notify("stage_finished", result.task_id, name, rec["outcome"], rec["duration"])
 
-    def _notify(self, method: str, *args: Any) -> None:
+    def _notify(self, method: str, *args: Any, **fields: Any) -> None:
         try:
-            getattr(self.reporter, method)(*args)
+            getattr(self.reporter, method)(*args, **fields)
         except Exception:  # noqa: BLE001 - a broken display must not break a task
             log.exception("reporter failed")
 

@@ -110,8 +110,3 @@ class LogPump:
             dropped_bytes=self._dropped,
             complete=finished and self._error is None,
         )
-
-    @property
-    def error(self) -> BaseException | None:
-        return self._error
-
