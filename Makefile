@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: run test unit integration bench host images venv clean
+.PHONY: run test unit integration bench host test-images venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,23 +20,23 @@ venv: host $(VENV)/.installed
 host:
 	bash scripts/setup-host.sh
 
-images: host
+test-images: host
 	bash scripts/build-test-images.sh
 
-run: images venv
+run: test-images venv
 	WORKING_DIR=$(CURDIR)/var $(VENV)/bin/farmhand --config examples/config.yml run-task examples/hello.yml
 
-test: images venv
+test: test-images venv
 	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: images venv
+integration: test-images venv
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 # Figures, not tests: each script prints its own table (see bench/*.py).
-bench: images venv
+bench: test-images venv
 	$(PY) bench/run_task.py
 	$(PY) bench/upload.py
 	$(PY) bench/log_capture.py
