@@ -11,7 +11,7 @@ import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 from docker.utils import parse_bytes
@@ -54,16 +54,44 @@ DEFAULTS: dict[str, Any] = {
         "verify": "stream",
         "progress_interval": 0.5,
     },
+    "broker": {
+        "url": None,
+        "result_backend": None,
+        "transport": "amqp",
+        "host": None,
+        "port": None,
+        "vhost": None,
+        "username": None,
+        "password": None,
+        "tls": {"ca": None, "cert": None, "key": None},
+    },
+    "worker": {"node_name": None, "concurrency": None, "queues": ["default"], "drain_grace": 600},
 }
 
 #: Environment variables that override a config key, with the type to read them as.
-ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], type]] = {
+ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "WORKING_DIR": (("working_dir",), str),
     "FARMHAND_LOG_MAX_BYTES": (("logs", "max_bytes"), str),
     "FARMHAND_UPLOAD_DEFAULT": (("upload", "default"), str),
     "FARMHAND_KILL_GRACE": (("limits", "kill_grace"), float),
     "FARMHAND_SFTP_PRIVATE_KEY": (("sftp", "private_key"), str),
     "FARMHAND_SFTP_KNOWN_HOSTS": (("sftp", "known_hosts"), str),
+    # The seeds' names (Zimfarm, saltant, cyberCommons) for the dispatcher's settings.
+    "BROKER_URL": (("broker", "url"), str),
+    "RESULT_BACKEND": (("broker", "result_backend"), str),
+    "BROKER_TRANSPORT": (("broker", "transport"), str),
+    "BROKER_HOST": (("broker", "host"), str),
+    "BROKER_PORT": (("broker", "port"), int),
+    "BROKER_VHOST": (("broker", "vhost"), str),
+    "USERNAME": (("broker", "username"), str),
+    "PASSWORD": (("broker", "password"), str),
+    "BROKER_TLS_CA": (("broker", "tls", "ca"), str),
+    "BROKER_TLS_CERT": (("broker", "tls", "cert"), str),
+    "BROKER_TLS_KEY": (("broker", "tls", "key"), str),
+    "NODE_NAME": (("worker", "node_name"), str),
+    "CONCURRENCY": (("worker", "concurrency"), int),
+    "QUEUES": (("worker", "queues"), lambda raw: [q.strip() for q in raw.split(",") if q.strip()]),
+    "FARMHAND_DRAIN_GRACE": (("worker", "drain_grace"), float),
 }
 
 
@@ -146,6 +174,73 @@ class SftpSettings:
 
 
 @dataclass(frozen=True)
+class BrokerSettings:
+    """Where the dispatcher's queues and results live; see the ``broker`` section of config-v1.json.
+
+    Everything None means the embedded default: a SQLite broker and result
+    store under the working dir, shared by ``farmhand worker`` and ``farmhand submit``.
+    """
+
+    url: str | None = None
+    result_backend: str | None = None
+    transport: str = "amqp"
+    host: str | None = None
+    port: int | None = None
+    vhost: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> "BrokerSettings":
+        tls = doc.get("tls") or {}
+        return cls(
+            url=doc.get("url"),
+            result_backend=doc.get("result_backend"),
+            transport=doc.get("transport") or "amqp",
+            host=doc.get("host"),
+            port=doc.get("port"),
+            vhost=doc.get("vhost"),
+            username=doc.get("username"),
+            password=doc.get("password"),
+            tls_ca=tls.get("ca"),
+            tls_cert=tls.get("cert"),
+            tls_key=tls.get("key"),
+        )
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """How this host serves the dispatcher: its name, slots and queues."""
+
+    node_name: str | None = None
+    concurrency: int | None = None
+    queues: tuple[str, ...] = ("default",)
+    drain_grace: float = 600.0
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> "NodeSettings":
+        return cls(
+            node_name=doc.get("node_name"),
+            concurrency=doc.get("concurrency"),
+            queues=tuple(doc.get("queues") or ("default",)),
+            drain_grace=float(doc.get("drain_grace", 600)),
+        )
+
+    @property
+    def slots(self) -> int:
+        """CONCURRENCY, or one slot per CPU core this process may use."""
+        if self.concurrency:
+            return self.concurrency
+        try:
+            return len(os.sched_getaffinity(0)) or 1
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     """Validated, typed view of the config document."""
 
@@ -175,10 +270,17 @@ class WorkerConfig:
     sftp: SftpSettings = field(default_factory=SftpSettings)
     log_compression: str = "zstd"
     pending_retry_interval: float = 300.0
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)
 
     @property
     def tasks_dir(self) -> Path:
         return self.working_dir / "tasks"
+
+    @property
+    def journal_path(self) -> Path:
+        """The dispatcher's record of every accepted task (SQLite), written before a container starts."""
+        return self.working_dir / "journal.sqlite"
 
     @property
     def pending_dir(self) -> Path:
@@ -211,7 +313,8 @@ def _apply_env(doc: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
         try:
             value: Any = kind(raw)
         except ValueError:
-            errors.append(f"{var}: {raw!r} is not a valid {kind.__name__}")
+            shown = "(hidden)" if var == "PASSWORD" else repr(raw)
+            errors.append(f"{var}: {shown} is not a valid {getattr(kind, '__name__', 'value')}")
             continue
         target = doc
         for key in path[:-1]:
@@ -286,4 +389,6 @@ def _typed(doc: dict[str, Any], source: str) -> WorkerConfig:
         sftp=SftpSettings.from_doc(doc["sftp"]),
         log_compression=str(doc["logs"]["compression"]),
         pending_retry_interval=float(doc["upload"]["pending_retry_interval"]),
+        broker=BrokerSettings.from_doc(doc["broker"]),
+        node=NodeSettings.from_doc(doc["worker"]),
     )
