@@ -91,7 +91,10 @@ for f in "$disk" "$kernel" "$initrd" "$key"; do
 done
 
 own=0
-if [ -z "$workdir" ]; then workdir=$(mktemp -d /tmp/farmhand-vm.XXXXXX); own=1; fi
+if [ -z "$workdir" ]; then
+  workdir=$(mktemp -d /tmp/farmhand-vm.XXXXXX); own=1
+  trap 'rm -rf "$workdir"' EXIT # until qemu runs; then --stop removes it
+fi
 mkdir -p "$workdir"
 workdir=$(cd "$workdir" && pwd)
 pidfile=${pidfile:-$workdir/qemu.pid}
@@ -118,6 +121,7 @@ qemu-system-x86_64 -accel tcg -m "$memory" -smp "$cpus" \
   -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$port-:22" -device virtio-net-pci,netdev=n0 \
   -pidfile "$pidfile" -daemonize
 pid=$(cat "$pidfile")
+trap - EXIT
 cat >"$pidfile.env" <<EOF
 VM_SSH_HOST=127.0.0.1
 VM_SSH_PORT=$port
