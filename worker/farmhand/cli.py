@@ -245,6 +245,107 @@ def cmd_pending_discard(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Serve the queues: journal, run, report; resume what an earlier process left."""
+    from farmhand.dispatch.app import make_app, run_worker
+    from farmhand.dispatch.node import Node, set_current
+
+    config = load_config(args.config)
+    _startup_checks(config)
+    client = connect_docker(config)
+    node = Node(make_app(config), config, client)
+    set_current(node)
+    logging.getLogger("farmhand").setLevel(logging.INFO)
+    node.recover()
+    node.start_housekeeping()
+    try:
+        return run_worker(config, node, loglevel="DEBUG" if args.verbose else "INFO")
+    finally:
+        node.stop_housekeeping()
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from farmhand.client import Client
+
+    return Client(load_config(args.config))
+
+
+def _print_result(doc: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(_summary(doc))
+    return EXIT[doc["state"]]
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    try:
+        document = read_task_file(args.task)
+        handle = _client(args).submit(document, queue=args.queue, task_id=args.task_id)
+    except InvalidDocument as exc:
+        print(f"farmhand: {exc.message}", file=sys.stderr)
+        return EXIT_INVALID
+    if not args.wait:
+        if args.json:
+            print(json.dumps({"task_id": handle.task_id, "queue": args.queue, "state": "pending"}))
+        else:
+            print(handle.task_id)
+        return 0
+    if not args.json:
+        print(handle.task_id, file=sys.stderr)
+    return _wait_and_print(handle, args)
+
+
+def _wait_and_print(handle: Any, args: argparse.Namespace) -> int:
+    try:
+        doc = handle.result(timeout=args.timeout)
+    except TimeoutError as exc:
+        print(f"farmhand: {exc}", file=sys.stderr)
+        return EXIT["exception"]
+    return _print_result(doc, args.json)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    handle = _client(args).get(args.task_id)
+    if args.wait:
+        return _wait_and_print(handle, args)
+    if handle.done():
+        return _print_result(handle.result(timeout=10), args.json)
+    state = handle.state
+    if args.json:
+        print(json.dumps({"task_id": args.task_id, "state": state}))
+    else:
+        print(f"task {args.task_id}: {state}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    outcome = _client(args).cancel(args.task_id)
+    print(f"task {args.task_id}: cancel {outcome}")
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    nodes = _client(args).drain(node=args.node, grace=args.grace)
+    if not nodes:
+        print("farmhand: no worker answered", file=sys.stderr)
+        return EXIT["exception"]
+    print("draining: " + ", ".join(nodes))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Is this host ready to serve? Each check on its own line; exit 0 only when all pass."""
+    from farmhand.dispatch import health
+
+    problems = 0
+    for name, ok, detail in health.checks(args.config):
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
+        problems += not ok
+    return 0 if problems == 0 else EXIT["exception"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="farmhand", description="Container task worker.")
     parser.add_argument("--version", action="version", version=f"farmhand {__version__}")
@@ -273,6 +374,37 @@ def build_parser() -> argparse.ArgumentParser:
     show = keys_sub.add_parser("show", help="print the public key (authorized_keys line) and its SHA256 fingerprint")
     show.add_argument("--key", help="private key to show (default: the config's sftp.private_key)")
     show.set_defaults(func=cmd_keys_show)
+
+    wk = sub.add_parser("worker", help="serve the configured queues (a Celery node); SIGTERM leaves running tasks to the next start, SIGQUIT drains")
+    wk.set_defaults(func=cmd_worker)
+
+    sbm = sub.add_parser("submit", help="queue a task for the workers; prints its task_id")
+    sbm.add_argument("task", help="task file (YAML or JSON)")
+    sbm.add_argument("--queue", default="default", help="queue to send it to (default: default)")
+    sbm.add_argument("--task-id", help="use this task id instead of the file's or a generated one")
+    sbm.add_argument("--wait", action="store_true", help="wait for the result document and print it")
+    sbm.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    sbm.add_argument("--json", action="store_true", help="stdout is one JSON object: task_id and, when known, the result")
+    sbm.set_defaults(func=cmd_submit)
+
+    st = sub.add_parser("status", help="a submitted task's state, or its result once it has one")
+    st.add_argument("task_id")
+    st.add_argument("--wait", action="store_true", help="wait for the result document")
+    st.add_argument("--timeout", type=float, default=None)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    cn = sub.add_parser("cancel", help="cancel a task: stop it if it runs (its partial log is kept), discard it if queued")
+    cn.add_argument("task_id")
+    cn.set_defaults(func=cmd_cancel)
+
+    dr = sub.add_parser("drain", help="workers stop taking tasks, finish or cancel (worker-shutdown) what runs, and stop")
+    dr.add_argument("--node", help="only this node (default: every worker on the broker)")
+    dr.add_argument("--grace", type=float, help="seconds to wait before cancelling (default: the worker's drain_grace)")
+    dr.set_defaults(func=cmd_drain)
+
+    ck = sub.add_parser("check", help="is this host ready: config, Docker, working dir, broker, SSH key")
+    ck.set_defaults(func=cmd_check)
 
     pend = sub.add_parser("pending", help="uploads that failed and wait in WORKING_DIR/pending/")
     pend_sub = pend.add_subparsers(dest="pending_command", required=True)

@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
         "username": None,
         "password": None,
         "tls": {"ca": None, "cert": None, "key": None},
+        "visibility_timeout": 3600,
     },
     "worker": {"node_name": None, "concurrency": None, "queues": ["default"], "drain_grace": 600},
 }
@@ -88,6 +89,7 @@ ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "BROKER_TLS_CA": (("broker", "tls", "ca"), str),
     "BROKER_TLS_CERT": (("broker", "tls", "cert"), str),
     "BROKER_TLS_KEY": (("broker", "tls", "key"), str),
+    "BROKER_VISIBILITY_TIMEOUT": (("broker", "visibility_timeout"), float),
     "NODE_NAME": (("worker", "node_name"), str),
     "CONCURRENCY": (("worker", "concurrency"), int),
     "QUEUES": (("worker", "queues"), lambda raw: [q.strip() for q in raw.split(",") if q.strip()]),
@@ -192,6 +194,7 @@ class BrokerSettings:
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    visibility_timeout: float = 3600.0
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> "BrokerSettings":
@@ -208,6 +211,7 @@ class BrokerSettings:
             tls_ca=tls.get("ca"),
             tls_cert=tls.get("cert"),
             tls_key=tls.get("key"),
+            visibility_timeout=float(doc.get("visibility_timeout", 3600)),
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -144,15 +145,70 @@ def run_container(
         if exc.is_client_error() and exc.status_code != 404:
             raise StartFailed(f"the container could not be created: {exc.explanation or exc}") from exc
         raise
-    masker = StreamMasker(task.secret_values)
+    _start(container)
+    report(f"container {container.short_id} started")
+    return supervise(client, config, task, container, log_path, report, cancel, tick=tick)
+
+
+def adopt_container(
+    client: docker.DockerClient,
+    config: WorkerConfig,
+    task: Task,
+    container: Any,
+    log_path: Path,
+    report: Callable[[str], None],
+    cancel: threading.Event | None = None,
+    tick: float = 0.25,
+) -> RunOutcome:
+    """Watch a container an earlier worker process started (it was killed or restarted).
+
+    The log is read again from the container's first line, so the log file is
+    rewritten whole; the clocks count from the container's own start time.
+    """
+    state = client.api.inspect_container(container.id)["State"]
+    if state.get("Status") == "created":  # the earlier process died between create and start
+        _start(container)
+        state = client.api.inspect_container(container.id)["State"]
+    log_path.unlink(missing_ok=True)
+    started_wall = _docker_time(state.get("StartedAt"))
+    report(f"container {container.short_id} re-adopted ({state.get('Status')})")
+    return supervise(client, config, task, container, log_path, report, cancel, tick=tick, started_wall=started_wall)
+
+
+def _start(container: Any) -> None:
     try:
         container.start()
     except APIError as exc:
         # Create accepted the options, so what fails here is the task's own
         # command, user or working directory as the image knows them.
         raise StartFailed(f"the container could not start: {exc.explanation or exc}") from exc
-    started = time.monotonic()
-    report(f"container {container.short_id} started")
+
+
+def _docker_time(text: str | None) -> float | None:
+    """Docker's RFC 3339 timestamps (nanoseconds, 'Z') as epoch seconds; None for the zero time."""
+    if not text or text.startswith("0001-"):
+        return None
+    head, _, frac = text.rstrip("Z").partition(".")
+    stamp = datetime.fromisoformat(head + "+00:00").timestamp()
+    return stamp + (float("0." + frac[:9]) if frac else 0.0)
+
+
+def supervise(
+    client: docker.DockerClient,
+    config: WorkerConfig,
+    task: Task,
+    container: Any,
+    log_path: Path,
+    report: Callable[[str], None],
+    cancel: threading.Event | None = None,
+    tick: float = 0.25,
+    started_wall: float | None = None,
+) -> RunOutcome:
+    """Copy the output to the log, enforce the clocks, and read the verdict."""
+    masker = StreamMasker(task.secret_values)
+    # A re-adopted container has been running for a while: its clocks started then.
+    already = max(0.0, time.time() - started_wall) if started_wall else 0.0
+    started = time.monotonic() - already
 
     pump = LogPump(
         OutputStream(client, container.id),

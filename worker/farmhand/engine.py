@@ -12,6 +12,8 @@ workspace.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import shutil
 import threading
@@ -29,18 +31,19 @@ from farmhand import artifacts as artifact_stage
 from farmhand import pending, policy, sandbox
 from farmhand.compress import compress_file
 from farmhand.config import WorkerConfig
-from farmhand.container_run import RunOutcome, container_options, hardening, resource_options, run_container
+from farmhand.container_run import RunOutcome, adopt_container, container_options, hardening, resource_options, run_container
 from farmhand.errors import Cancelled, ConfigError, PolicyDenied, TaskProblem, UploadFailed
 from farmhand.events import NullReporter, Reporter
 from farmhand.images import ensure_image
 from farmhand.masking import mask_text
 from farmhand.result import Result, write_json_atomic
 from farmhand.task import Task, parse_task
-from farmhand.uploaders import Uploader, UploadItem, uploader_for
+from farmhand.uploaders import UploadItem, uploader_for
 
 log = logging.getLogger("farmhand.engine")
 
 LOG_NAME = "task.log"
+CHECKPOINT_NAME = "checkpoint.json"
 
 
 def connect_docker(config: WorkerConfig) -> docker.DockerClient:
@@ -65,18 +68,27 @@ class Engine:
         self.client = client
         self.reporter: Reporter = reporter or NullReporter()
         self._cancel = threading.Event()
+        self._cancel_reason = "cancelled"
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "cancelled") -> None:
         """Ask the task in progress to stop: the container is stopped, the partial log kept.
 
         Safe to call from a signal handler or another thread. Checked between
-        stages and continuously while the container runs.
+        stages and continuously while the container runs. ``reason`` is what
+        the result reports: ``cancelled`` for a person's or dispatcher's
+        request, ``worker-shutdown`` when a draining worker runs out of grace.
         """
+        self._cancel_reason = reason
         self._cancel.set()
+
+    def _cancel_message(self, when: str) -> str:
+        if self._cancel_reason == "worker-shutdown":
+            return f"the worker shut down {when} (its drain grace ran out); the partial log is kept"
+        return f"the task was cancelled {when}; its partial log is kept"
 
     def _check_cancelled(self) -> None:
         if self._cancel.is_set():
-            raise Cancelled("the task was cancelled before it finished")
+            raise Cancelled(self._cancel_message("before it finished"), reason=self._cancel_reason)
 
     # -- helpers -----------------------------------------------------------------
     def _say(self, task_id: str, stage: str, message: str, **fields: Any) -> None:
@@ -105,9 +117,7 @@ class Engine:
         result = Result(task_id=task_id or (given_id if isinstance(given_id, str) else None) or uuid.uuid4().hex)
         task: Task | None = None
         workspace: Path | None = None
-        outcome: RunOutcome | None = None
-        collected: list[artifact_stage.Collected] = []
-        uploader: Uploader | None = None
+        target: str | None = None
         owns_docker_objects = False
         try:
             with self._stage(result, "prepare") as rec:
@@ -117,7 +127,7 @@ class Engine:
                 policy.check(self.config, task)
                 target = task.upload or self.config.upload_default
                 try:
-                    uploader = uploader_for(target, self.config)
+                    uploader_for(target, self.config)
                 except UploadFailed as exc:
                     raise PolicyDenied([f"task.upload: {exc.message}"]) from None
                 workspace = self._workspace(task)
@@ -127,33 +137,99 @@ class Engine:
                 owns_docker_objects = True
                 options = self._prepare_docker(task, result)
             self._check_cancelled()
+            self._checkpoint(workspace, result, "run", target)
             with self._stage(result, "run"):
                 outcome = self._run(task, options, workspace)
                 self._record_run(task, outcome, result)
+            self._checkpoint(workspace, result, "collect", target)
             with self._stage(result, "collect"):
-                collected = self._collect(task, outcome, workspace, result)
+                self._collect(task, outcome.container_id, workspace, result)
         except TaskProblem as problem:
             result.conclude(problem.state, problem.reason, problem.message)
         except DockerException as exc:
             result.conclude("exception", "docker-error", f"Docker engine error: {_docker_text(exc)}")
         except Exception as exc:  # noqa: BLE001 - every path must end in a result
-            log.error("internal error in task %s:\n%s", result.task_id, traceback.format_exc())
-            result.conclude("exception", "internal-error", f"internal error: {type(exc).__name__}: {exc}")
-        finally:
-            if owns_docker_objects and task is not None:
-                with self._stage(result, "cleanup") as rec:
-                    problems = sandbox.cleanup(self.client, task.task_id)
-                    if problems:
-                        rec["outcome"] = "error"
-                        result.warnings.extend(f"cleanup: {p}" for p in problems)
-        if workspace is not None and task is not None and uploader is not None:
-            self._upload(task, uploader, workspace, outcome, collected, result)
+            self._internal_error(result, exc)
+        return self._finish(task, workspace, target, result, cleanup=owns_docker_objects)
+
+    def resume(self, document: Any, *, task_id: str) -> dict[str, Any]:
+        """Carry on a task an earlier worker process accepted, then lost (killed, restarted, upgraded).
+
+        Picks up from what the workspace and Docker say happened: a finished
+        task's result is returned as it was; a task past its run is collected,
+        cleaned up and uploaded; a running (or exited) container is re-adopted;
+        a task whose container never started is prepared and run afresh. The
+        workspace's checkpoint.json tells which. Returns the result document.
+        """
+        workspace = self.config.tasks_dir / task_id
+        done = workspace / "result.json"
+        if done.exists():
+            return json.loads(done.read_text(encoding="utf-8"))
+        mark = workspace / CHECKPOINT_NAME
+        if not mark.exists():  # it died in prepare: nothing ran, so start over
+            sandbox.cleanup(self.client, task_id)
+            return self.run(document, task_id=task_id).to_dict()
+        saved = json.loads(mark.read_text(encoding="utf-8"))
+        result = Result(**saved["result"])
+        target = saved["target"]
+        phase = saved["phase"]
+        task: Task | None = None
+        try:
+            task = parse_task(document, task_id=task_id)
+            if phase in ("run", "collect"):
+                container = sandbox.find_task_container(self.client, task_id)
+                if container is None and phase == "run":  # it died before creating the container
+                    sandbox.cleanup(self.client, task_id)
+                    shutil.rmtree(workspace)
+                    return self.run(document, task_id=task_id).to_dict()
+                if container is None:
+                    raise TaskProblem("the task's container was removed before its artifacts were collected", reason="internal-error")
+                if phase == "run":
+                    with self._stage(result, "run"):
+                        outcome = adopt_container(
+                            self.client, self.config, task, container, workspace / LOG_NAME,
+                            lambda m: self._say(task_id, "run", m), cancel=self._cancel,
+                        )
+                        self._record_run(task, outcome, result)
+                    self._checkpoint(workspace, result, "collect", target)
+                with self._stage(result, "collect"):
+                    shutil.rmtree(workspace / "artifacts", ignore_errors=True)
+                    self._collect(task, container.id, workspace, result)
+        except TaskProblem as problem:
+            result.conclude(problem.state, problem.reason, problem.message)
+        except DockerException as exc:
+            result.conclude("exception", "docker-error", f"Docker engine error: {_docker_text(exc)}")
+        except Exception as exc:  # noqa: BLE001 - every path must end in a result
+            self._internal_error(result, exc)
+        result.warnings.append(f"worker: this task was resumed after the worker restarted (in its {phase} stage)")
+        return self._finish(task, workspace, target, result, cleanup=True).to_dict()
+
+    def _internal_error(self, result: Result, exc: Exception) -> None:
+        log.error("internal error in task %s:\n%s", result.task_id, traceback.format_exc())
+        result.conclude("exception", "internal-error", f"internal error: {type(exc).__name__}: {exc}")
+
+    def _checkpoint(self, workspace: Path, result: Result, phase: str, target: str | None) -> None:
+        """Save how far the task got, so a worker killed now can resume it (see ``resume``)."""
+        write_json_atomic(workspace / CHECKPOINT_NAME, {"phase": phase, "target": target, "result": dataclasses.asdict(result)})
+
+    def _finish(self, task: Task | None, workspace: Path | None, target: str | None, result: Result, *, cleanup: bool) -> Result:
+        """Cleanup, upload, and the result on disk: the end every path goes through."""
+        if cleanup and task is not None:
+            with self._stage(result, "cleanup") as rec:
+                problems = sandbox.cleanup(self.client, task.task_id)
+                if problems:
+                    rec["outcome"] = "error"
+                    result.warnings.extend(f"cleanup: {p}" for p in problems)
+        if workspace is not None and task is not None and target is not None:
+            self._checkpoint(workspace, result, "upload", target)
+            self._upload(task, target, workspace, result)
         if task is not None and result.message:
             result.message = mask_text(result.message, task.secret_values)
         if workspace is not None:
             result.finished_at = time.time()
             try:
                 write_json_atomic(workspace / "result.json", result.to_dict())
+                (workspace / CHECKPOINT_NAME).unlink(missing_ok=True)
             except OSError as exc:  # the caller still gets the result; say why it is not on disk
                 result.warnings.append(f"result.json could not be written to {workspace}: {exc.strerror or exc}")
         return result
@@ -204,8 +280,15 @@ class Engine:
         result.exit_code = outcome.exit_code
         result.usage = outcome.usage
         code = outcome.exit_code
+        result.log = {
+            "location": None,
+            "size": outcome.log.size,
+            "sha256": outcome.log.sha256,
+            "truncated": outcome.log.truncated,
+            "dropped_bytes": outcome.log.dropped_bytes,
+        }
         if outcome.stopped_for == "cancelled":
-            result.conclude("exception", "cancelled", "the task was cancelled while it ran; its partial log is kept")
+            result.conclude("exception", self._cancel_reason, self._cancel_message("while it ran"))
         elif outcome.stopped_for == "max-run-time":
             result.conclude("failed", "max-run-time", f"stopped after max_run_time of {task.max_run_time}s")
         elif outcome.stopped_for == "idle-timeout":
@@ -223,10 +306,10 @@ class Engine:
         if not outcome.log.complete:
             result.warnings.append("log: the output stream did not end cleanly; the log may be incomplete")
 
-    def _collect(self, task: Task, outcome: RunOutcome, workspace: Path, result: Result) -> list[artifact_stage.Collected]:
+    def _collect(self, task: Task, container_id: str, workspace: Path, result: Result) -> None:
         if not task.artifacts:
-            return []
-        container = self.client.containers.get(outcome.container_id)
+            return
+        container = self.client.containers.get(container_id)
         collected = artifact_stage.collect(container, task.artifacts, workspace / "artifacts", self.config.artifacts_max_bytes)
         failed = [i for i in collected if not i.present and not i.spec.optional]
         for item in collected:
@@ -242,7 +325,6 @@ class Engine:
             result.conclude("failed", reason, "; ".join(problems))
         elif failed:
             result.warnings.extend(problems)
-        return collected
 
     @staticmethod
     def _artifact_record(item: artifact_stage.Collected) -> dict[str, Any]:
@@ -264,17 +346,11 @@ class Engine:
             rec["skipped"] = item.skipped
         return rec
 
-    def _upload(
-        self,
-        task: Task,
-        uploader: Uploader,
-        workspace: Path,
-        outcome: RunOutcome | None,
-        collected: list[artifact_stage.Collected],
-        result: Result,
-    ) -> None:
+    def _upload(self, task: Task, target: str, workspace: Path, result: Result) -> None:
         """Ship the log (compressed) and artifacts; on failure hand them to pending/ so they are never lost.
 
+        Works from the result alone (its log and artifact records), so a
+        resumed task uploads exactly what the earlier process collected.
         Progress (bytes, total, rate) goes to the reporter and into the upload
         stage's record as ``progress``, for whoever watches the stage.
         """
@@ -282,29 +358,22 @@ class Engine:
         log_path = workspace / LOG_NAME
         local_copies = [log_path, workspace / "artifacts"]
         log_name = LOG_NAME
-        if outcome is None and not any(item.present and item.files for item in collected):
+        shipped = [a for a in result.artifacts if a["present"] and (a["type"] == "file" or a.get("files"))]
+        if result.log is None and not shipped:
             return  # nothing ran and nothing was collected: no upload stage
         with self._stage(result, "upload") as rec:
-            if outcome is not None:
-                result.log = {
-                    "location": None,
-                    "size": outcome.log.size,
-                    "sha256": outcome.log.sha256,
-                    "truncated": outcome.log.truncated,
-                    "dropped_bytes": outcome.log.dropped_bytes,
-                }
-                log_item = self._compressed_log(log_path, outcome, result)
+            uploader = uploader_for(target, self.config)
+            if result.log is not None:
+                log_item = self._compressed_log(log_path, result)
                 log_name = log_item.remote_name
                 local_copies.append(log_item.local_path)
                 items.append(log_item)
-            for item in collected:
-                if not item.present or item.local_path is None:
-                    continue
-                for f in item.files:
-                    if item.spec.type == "file":
-                        items.append(UploadItem(item.local_path, item.spec.name, f.size, f.sha256))
-                    else:
-                        items.append(UploadItem(item.local_path / f.path, f"{item.spec.name}/{f.path}", f.size, f.sha256))
+            for art in shipped:
+                local = workspace / "artifacts" / art["name"]
+                if art["type"] == "file":
+                    items.append(UploadItem(local, art["name"], art["size"], art["sha256"]))
+                else:
+                    items.extend(UploadItem(local / f["path"], f"{art['name']}/{f['path']}", f["size"], f["sha256"]) for f in art["files"])
 
             def report(message: str, **fields: Any) -> None:
                 if "bytes_total" in fields:
@@ -316,7 +385,6 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - never lose the files, whatever failed
                 rec["outcome"] = "error"
                 text = exc.message if isinstance(exc, TaskProblem) else f"upload failed: {type(exc).__name__}: {exc}"
-                target = task.upload or self.config.upload_default
                 try:
                     entry = pending.hand_off(self.config, task.task_id, target, items, error=text, workspace=workspace, local_copies=local_copies)
                     kept = f"the files are kept in {workspace} and in {entry.path}, and will be uploaded again in the background (farmhand pending list)"
@@ -326,10 +394,10 @@ class Engine:
                 return
             if result.log is not None:
                 result.log["location"] = uploader.location(task.task_id, log_name)
-            for rec_art, item in zip(result.artifacts, collected):
-                if item.present:
-                    suffix = "/" if item.spec.type == "directory" else ""
-                    rec_art["location"] = uploader.location(task.task_id, item.spec.name) + suffix
+            for art in result.artifacts:
+                if art["present"]:
+                    suffix = "/" if art["type"] == "directory" else ""
+                    art["location"] = uploader.location(task.task_id, art["name"]) + suffix
             if not self.config.keep_local:
                 for path in local_copies:
                     if path.is_dir():
@@ -337,10 +405,11 @@ class Engine:
                     else:
                         path.unlink(missing_ok=True)
 
-    def _compressed_log(self, log_path: Path, outcome: RunOutcome, result: Result) -> UploadItem:
+    def _compressed_log(self, log_path: Path, result: Result) -> UploadItem:
         """The log as it will travel: compressed per ``logs.compression``, or as is when that is off or fails."""
+        assert result.log is not None
         method = self.config.log_compression
-        plain = UploadItem(log_path, LOG_NAME, outcome.log.size, outcome.log.sha256)
+        plain = UploadItem(log_path, LOG_NAME, result.log["size"], result.log["sha256"])
         if method == "none":
             return plain
         try:
@@ -348,9 +417,9 @@ class Engine:
         except OSError as exc:  # a full local disk must not cost the log: send it uncompressed
             result.warnings.append(f"log: could not be compressed ({exc.strerror or exc}); uploaded uncompressed")
             return plain
-        assert result.log is not None
         result.log.update(compression=method, compressed_size=packed.size, compressed_sha256=packed.sha256)
         return UploadItem(packed.path, packed.path.name, packed.size, packed.sha256)
+
 
 def _docker_text(exc: DockerException) -> str:
     text = getattr(exc, "explanation", None) or str(exc)

@@ -101,6 +101,12 @@ def start_service(
         sleep(service.readiness.interval)
 
 
+def find_task_container(client: docker.DockerClient, task_id: str) -> Any | None:
+    """The task's own container (not a service's), running or not, if it still exists."""
+    found = client.containers.list(all=True, filters={"label": [f"{TASK_LABEL}={task_id}", f"{ROLE_LABEL}=task"]})
+    return found[0] if found else None
+
+
 def cleanup(client: docker.DockerClient, task_id: str) -> list[str]:
     """Remove the task's containers (with their anonymous volumes) and network.
 

@@ -1,0 +1,81 @@
+"""``farmhand check``: what must hold before this host can serve tasks, each checked for real.
+
+Run by the Ansible role as its last step and by operators after a change;
+every line names what was checked and, on failure, what is wrong.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Iterator
+
+from farmhand.config import WorkerConfig, load_config
+from farmhand.dispatch import settings
+from farmhand.errors import ConfigError, TaskProblem
+
+Check = tuple[str, bool, str]
+
+
+def checks(config_path: str | None = None) -> Iterator[Check]:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        yield ("config", False, str(exc))
+        return
+    yield ("config", True, config.source)
+    yield _working_dir(config)
+    yield _docker(config)
+    yield _broker(config)
+    yield _sftp(config)
+
+
+def _working_dir(config: WorkerConfig) -> Check:
+    try:
+        config.working_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=config.working_dir, prefix=".check-"):
+            pass
+    except OSError as exc:
+        return ("working_dir", False, f"{config.working_dir}: not writable: {exc.strerror or exc}")
+    return ("working_dir", True, f"{config.working_dir} is writable")
+
+
+def _docker(config: WorkerConfig) -> Check:
+    from farmhand.engine import connect_docker
+
+    try:
+        client = connect_docker(config)
+        version = client.version().get("Version", "?")
+    except (ConfigError, Exception) as exc:  # noqa: BLE001 - any failure is the answer
+        return ("docker", False, str(exc))
+    return ("docker", True, f"Docker engine {version}")
+
+
+def _broker(config: WorkerConfig) -> Check:
+    from kombu import Connection
+
+    try:
+        url = settings.broker_url(config)
+    except ConfigError as exc:
+        return ("broker", False, str(exc))
+    opts = settings.celery_settings(config)
+    if settings.is_embedded(config):
+        # Creating the SQLite file is the connection: check the place it lives.
+        return ("broker", True, f"embedded SQLite broker at {config.working_dir / 'broker.sqlite'}")
+    try:
+        with Connection(url, ssl=opts.get("broker_use_ssl") or False, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=1, timeout=5)
+    except Exception as exc:  # noqa: BLE001
+        return ("broker", False, f"{settings.shown(url)}: {type(exc).__name__}: {settings.shown(str(exc))}")
+    return ("broker", True, f"{settings.shown(url)} answers")
+
+
+def _sftp(config: WorkerConfig) -> Check:
+    if not config.upload_default.startswith("sftp://"):
+        return ("upload", True, f"default warehouse {config.upload_default}")
+    from farmhand.uploaders.sftp import check_startup
+
+    try:
+        check_startup(config)
+    except (ConfigError, TaskProblem) as exc:
+        return ("upload", False, str(exc))
+    return ("upload", True, f"SSH key {config.sftp.private_key} and known_hosts {config.sftp.known_hosts} usable")

@@ -1,0 +1,350 @@
+"""A farmhand node: what `farmhand worker` keeps between Celery and the engine.
+
+Celery delivers; the node journals, runs, reports. The rules it keeps:
+
+- A task is written to the journal before its message is acknowledged and
+  before its container exists (``accept``); from then on the broker no longer
+  holds it, so no delivery timeout can run it twice, and a worker killed at
+  any point carries it on at its next start (``recover``).
+- A result is recorded in the journal before it is reported, and reported
+  again until the report goes through.
+- Slots: the broker may hand this node only as many tasks as it has free
+  slots (``take_slot``/``release_slot`` move Celery's prefetch window).
+- SIGTERM detaches: the process leaves, the containers keep running for the
+  next start to re-adopt. ``drain`` stops taking tasks, waits, then cancels
+  what is left with reason worker-shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import docker
+from celery import Celery
+from celery.worker import state as worker_state
+
+from farmhand import pending
+from farmhand.config import WorkerConfig
+from farmhand.dispatch import settings
+from farmhand.engine import Engine
+from farmhand.journal import Journal
+from farmhand.result import Result
+
+log = logging.getLogger("farmhand.node")
+
+#: Celery states a task passes through, as any Celery client or Flower sees them.
+RECEIVED, PREPARING, RUNNING, UPLOADING = "RECEIVED", "PREPARING", "RUNNING", "UPLOADING"
+STATE_OF_STAGE = {"prepare": PREPARING, "run": RUNNING, "upload": UPLOADING}
+REPORT_RETRY_INTERVAL = 15.0
+
+
+class TaskFailed(Exception):
+    """A task that did not succeed; its one argument is the result document, stored as Celery's FAILURE."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        super().__init__(document)
+        self.document = document
+
+    def __str__(self) -> str:
+        doc = self.document
+        return f"{doc.get('state')}/{doc.get('reason')}: {doc.get('message')}"
+
+
+def reply_context(request: Any) -> dict[str, Any]:
+    """What a report needs of the delivery, kept in the journal so it can be made after a restart."""
+    info = getattr(request, "delivery_info", None) or {}
+    return {
+        "reply_to": getattr(request, "reply_to", None),
+        "correlation_id": getattr(request, "correlation_id", None),
+        "queue": info.get("routing_key"),
+    }
+
+
+class StageReporter:
+    """The engine's reporter: stages go to the journal, the result store and Celery's event stream."""
+
+    def __init__(self, node: "Node", task_id: str, context: dict[str, Any]) -> None:
+        self.node, self.task_id, self.context = node, task_id, context
+        self._state: str | None = None
+
+    def stage_started(self, task_id: str, stage: str) -> None:
+        self.node.journal.set_stage(task_id, stage)
+        state = STATE_OF_STAGE.get(stage)
+        if state and state != self._state:
+            self._state = state
+            self.node.store(task_id, state, {"stage": stage, "node": self.node.name}, self.context)
+        self.node.send_event("task-stage", uuid=task_id, stage=stage, status="started")
+
+    def stage_finished(self, task_id: str, stage: str, outcome: str, duration: float) -> None:
+        self.node.send_event("task-stage", uuid=task_id, stage=stage, status="finished", outcome=outcome, duration=duration)
+
+    def progress(self, task_id: str, stage: str, message: str, **fields: Any) -> None:
+        log.info("%s %s: %s", task_id, stage, message)
+
+
+class Node:
+    """One per worker process; the Celery task body and control commands reach it through ``current()``."""
+
+    def __init__(self, app: Celery, config: WorkerConfig, client: docker.DockerClient) -> None:
+        self.app, self.config, self.client = app, config, client
+        self.name = settings.node_name(config)
+        self.slots = config.node.slots
+        self.journal = Journal(config.journal_path)
+        self.draining = threading.Event()
+        self._lock = threading.Lock()
+        self._engines: dict[str, Engine] = {}
+        self._claimed: set[str] = set()
+        self._busy = 0
+        self._consumer: Any = None
+        self._events = bool(settings.celery_settings(config)["worker_send_task_events"])
+        self._stop = threading.Event()
+        self._retrier = pending.BackgroundRetrier(config)
+
+    # -- delivery -------------------------------------------------------------------
+    def accept(self, task_id: str, document: Any, context: dict[str, Any]) -> bool:
+        """Journal a delivered task (before its message is acknowledged); False for a second delivery."""
+        if not self.journal.accept(task_id, document, context):
+            return False
+        with self._lock:
+            self._claimed.add(task_id)
+        self.take_slot()
+        self.store(task_id, RECEIVED, {"node": self.name}, context)
+        return True
+
+    def claim(self, task_id: str) -> bool:
+        """True once, for the delivery that journaled the task: only it may run the task."""
+        with self._lock:
+            if task_id in self._claimed:
+                self._claimed.discard(task_id)
+                return True
+            return False
+
+    def execute(self, task_id: str, document: Any, context: dict[str, Any]) -> dict[str, Any]:
+        engine = Engine(self.config, self.client, StageReporter(self, task_id, context))
+        with self._running(task_id, engine):
+            result = engine.run(document, task_id=task_id).to_dict()
+            return self.conclude(task_id, result, context)
+
+    def duplicate(self, task_id: str) -> None:
+        """A second delivery of a journaled task: report its result again if it has one, never run it again."""
+        entry = self.journal.get(task_id)
+        log.warning("task %s was delivered again; it is already in the journal (%s), so it is not run again", task_id, entry.stage if entry else "?")
+        if entry is not None and entry.result is not None:
+            self._report_safely(task_id, entry.result, entry.context)
+
+    def cancelled_before_start(self, task_id: str, context: dict[str, Any]) -> None:
+        """A revoked task is discarded unrun; its result still says so."""
+        result = Result(task_id=task_id)
+        result.conclude("exception", "cancelled", "the task was cancelled before it started; it never ran")
+        result.finished_at = result.started_at
+        self.journal.accept(task_id, None, context)
+        self.conclude(task_id, result.to_dict(), context)
+
+    # -- results --------------------------------------------------------------------
+    def conclude(self, task_id: str, result: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+        """Record, then report: a crash between the two is healed by reporting again."""
+        self.journal.record_result(task_id, result)
+        self._report_safely(task_id, result, context)
+        return result
+
+    def _report_safely(self, task_id: str, result: dict[str, Any], context: dict[str, Any]) -> None:
+        try:
+            if result["state"] == "succeeded":
+                self.app.backend.store_result(task_id, result, "SUCCESS", request=_reply_to(context))
+            else:
+                self.app.backend.store_result(task_id, TaskFailed(result), "FAILURE", request=_reply_to(context))
+        except Exception as exc:  # noqa: BLE001 - kept in the journal and reported again
+            log.warning("the result of %s could not be reported yet (%s); it is kept and retried", task_id, exc)
+            return
+        self.journal.mark_reported(task_id)
+
+    def store(self, task_id: str, state: str, meta: dict[str, Any], context: dict[str, Any]) -> None:
+        """An intermediate state: advisory, so a failure to store it never stops the task."""
+        try:
+            self.app.backend.store_result(task_id, meta, state, request=_reply_to(context))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("state %s of %s not stored: %s", state, task_id, exc)
+
+    def send_event(self, event_type: str, **fields: Any) -> None:
+        if not self._events:
+            return
+        try:
+            with self.app.events.default_dispatcher(hostname=self.name) as dispatcher:
+                dispatcher.send(event_type, **fields)
+        except Exception as exc:  # noqa: BLE001 - events are for watchers, never worth a task
+            log.debug("event %s not sent: %s", event_type, exc)
+
+    # -- slots and Celery's prefetch window --------------------------------------------
+    def attach_consumer(self, consumer: Any) -> None:
+        """The consumer (re)started: shrink its fresh prefetch window by the tasks already running."""
+        with self._lock:
+            self._consumer = consumer
+            if self._adjusts_prefetch() and self._busy:
+                consumer.qos.decrement_eventually(self._busy)
+
+    def detach_consumer(self) -> None:
+        with self._lock:
+            self._consumer = None
+
+    def _adjusts_prefetch(self) -> bool:
+        # Redis brokers stop fetching by themselves when every slot is busy (worker_disable_prefetch).
+        return settings.transport_kind(settings.broker_url(self.config)) != "redis"
+
+    def take_slot(self) -> None:
+        with self._lock:
+            self._busy += 1
+            if self._consumer is not None and self._adjusts_prefetch():
+                self._consumer.qos.decrement_eventually()
+
+    def release_slot(self) -> None:
+        with self._lock:
+            self._busy -= 1
+            if self._consumer is not None and self._adjusts_prefetch():
+                self._consumer.qos.increment_eventually()
+
+    @contextmanager
+    def _running(self, task_id: str, engine: Engine) -> Iterator[None]:
+        with self._lock:
+            self._engines[task_id] = engine
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._engines.pop(task_id, None)
+            self.release_slot()
+
+    def running(self) -> list[str]:
+        with self._lock:
+            return sorted(self._engines)
+
+    # -- a restart ------------------------------------------------------------------
+    def recover(self) -> int:
+        """Carry on every task an earlier process of this node accepted and did not report. Returns how many."""
+        entries = self.journal.unreported()
+        for entry in entries:
+            if entry.result is not None:
+                log.info("reporting the result of %s, recorded before the last stop", entry.task_id)
+                self._report_safely(entry.task_id, entry.result, entry.context)
+                continue
+            log.info("resuming task %s (it was in its %s stage when the worker stopped)", entry.task_id, entry.stage)
+            engine = Engine(self.config, self.client, StageReporter(self, entry.task_id, entry.context))
+            with self._lock:
+                self._engines[entry.task_id] = engine
+            self.take_slot()
+            threading.Thread(target=self._resume, args=(engine, entry), name=f"resume:{entry.task_id}", daemon=True).start()
+        return len(entries)
+
+    def _resume(self, engine: Engine, entry: Any) -> None:
+        with self._running(entry.task_id, engine):
+            try:
+                result = engine.resume(entry.document, task_id=entry.task_id)
+            except Exception as exc:  # noqa: BLE001 - the task must still end in a result
+                log.exception("resuming %s failed", entry.task_id)
+                res = Result(task_id=entry.task_id)
+                res.conclude("exception", "internal-error", f"the task could not be resumed after a worker restart: {exc}")
+                result = res.to_dict()
+            self.conclude(entry.task_id, result, entry.context)
+
+    # -- control ----------------------------------------------------------------------
+    def cancel(self, task_id: str, reason: str = "cancelled") -> str:
+        """Stop a running task, or make sure a queued one is discarded unrun when it arrives."""
+        with self._lock:
+            engine = self._engines.get(task_id)
+        if engine is not None:
+            engine.cancel(reason)
+            return "cancelling"
+        worker_state.revoked.add(task_id)
+        return "revoked"
+
+    def drain(self, grace: float | None = None) -> None:
+        """Stop taking tasks; after ``grace`` seconds cancel what still runs (worker-shutdown); then exit."""
+        if self.draining.is_set():
+            return
+        self.draining.set()
+        grace = self.config.node.drain_grace if grace is None else grace
+        log.warning("draining: no new tasks; waiting up to %ss for %d running task(s)", grace, len(self.running()))
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.call_soon(lambda: [consumer.cancel_task_queue(q) for q in self.config.node.queues])
+        threading.Thread(target=self._drain, args=(grace,), name="drain", daemon=True).start()
+
+    def _drain(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = self.running()
+        for task_id in left:
+            self.cancel(task_id, "worker-shutdown")
+        while self.running():
+            time.sleep(0.2)
+        log.warning("drained (%d task(s) cancelled at the end of the grace); stopping", len(left))
+        worker_state.should_stop = 0  # Celery's warm shutdown; nothing is left to wait for
+
+    def detach(self) -> None:
+        """SIGTERM: leave now; running containers stay for the next start to re-adopt (see ``recover``)."""
+        left = self.running()
+        log.warning("stopping without waiting: %d running task(s) left to the next start: %s", len(left), ", ".join(left) or "none")
+        logging.shutdown()
+        os._exit(0)
+
+    # -- housekeeping -------------------------------------------------------------------
+    def start_housekeeping(self) -> None:
+        """Local requests (cancel, drain) from commands on this host; results whose report failed; pending uploads."""
+        self._retrier.start()
+        threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+
+    def stop_housekeeping(self) -> None:
+        self._stop.set()
+        self._retrier.stop()
+
+    def _housekeeping(self) -> None:
+        last_retry = time.monotonic()
+        while not self._stop.wait(0.25):
+            try:
+                for command, argument in self.journal.take_requests():
+                    if command == "cancel" and argument:
+                        log.info("cancel %s: %s", argument, self.cancel(argument))
+                    elif command == "drain":
+                        self.drain(float(argument) if argument else None)
+                if time.monotonic() - last_retry >= REPORT_RETRY_INTERVAL:
+                    last_retry = time.monotonic()
+                    running = set(self.running())
+                    for entry in self.journal.unreported():
+                        if entry.result is not None and entry.task_id not in running:
+                            self._report_safely(entry.task_id, entry.result, entry.context)
+            except Exception:  # noqa: BLE001 - housekeeping must outlive a hiccup
+                log.exception("housekeeping")
+
+
+def _reply_to(context: dict[str, Any]) -> SimpleNamespace:
+    """The bits of a Celery request a result backend reads (rpc:// needs the reply queue)."""
+    return SimpleNamespace(
+        reply_to=context.get("reply_to"),
+        correlation_id=context.get("correlation_id"),
+        ignore_result=False,
+        delivery_info={},
+        chord=None,
+        group=None,
+        parent_id=None,
+        root_id=None,
+    )
+
+
+_current: Node | None = None
+
+
+def current() -> Node:
+    if _current is None:
+        raise RuntimeError("no farmhand node in this process (start it with `farmhand worker`)")
+    return _current
+
+
+def set_current(node: Node | None) -> None:
+    global _current
+    _current = node

@@ -1,0 +1,26 @@
+"""The embedded broker: kombu's SQLAlchemy transport on a SQLite file, polled often.
+
+kombu hands every transport option of this transport to SQLAlchemy's
+``create_engine`` (so ``polling_interval`` cannot be passed as one); the
+interval is set on the channel class instead. 0.1 s keeps submit→start
+latency low; an idle poll of a SQLite table costs next to nothing.
+"""
+
+from __future__ import annotations
+
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport.sqlalchemy import Channel as SQLChannel
+from kombu.transport.sqlalchemy import Transport as SQLTransport
+
+SCHEME = "farmhand"  # URLs farmhand+sqlite:///PATH
+
+
+class Channel(SQLChannel):
+    polling_interval = 0.1
+
+
+class Transport(SQLTransport):
+    Channel = Channel
+
+
+TRANSPORT_ALIASES.setdefault(SCHEME, f"{__name__}:Transport")
