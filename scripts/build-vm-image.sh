@@ -115,6 +115,32 @@ deb $MIRROR $SUITE-updates main
 deb ${MIRROR%/debian}/debian-security $SUITE-security main
 EOF
 
+# debootstrap takes the suite's point release only: bring in -updates and
+# -security now (a newer kernel ABI included), so the kernel the VM boots is
+# the newest and a later `apt-get upgrade` in the image does not replace it.
+log "applying updates (bookworm-updates, bookworm-security)"
+mount -t proc proc "$rootfs/proc"
+trap 'umount "$rootfs/proc" 2>/dev/null || true; rm -rf "$work"' EXIT
+cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
+# No package may start a service here (it would run on this host).
+printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
+chmod 0755 "$rootfs/usr/sbin/policy-rc.d"
+in_root() { chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive "$@" >>"$work/upgrade.log" 2>&1 || {
+  tail -n 30 "$work/upgrade.log" >&2
+  exit 1
+}; }
+in_root apt-get update -qq
+in_root apt-get -y -qq -o Dpkg::Options::=--force-confold dist-upgrade
+# Only the newest kernel stays: the image boots that one.
+newest=$(ls "$rootfs"/boot/vmlinuz-* | sort -V | tail -n 1 | sed 's|.*/vmlinuz-||')
+old_kernels=$(chroot "$rootfs" dpkg-query -W -f='${Package}\n' 'linux-image-[0-9]*' | grep -v -- "-$newest\$" || true)
+if [ -n "$old_kernels" ]; then
+  # shellcheck disable=SC2086
+  in_root apt-get -y -qq purge $old_kernels
+fi
+umount "$rootfs/proc"
+rm -f "$rootfs/etc/resolv.conf" "$rootfs/usr/sbin/policy-rc.d"
+
 # Root logs in by key only; no password is set anywhere.
 mkdir -p "$rootfs/etc/ssh/sshd_config.d"
 cat >"$rootfs/etc/ssh/sshd_config.d/farmhand-vm.conf" <<'EOF'

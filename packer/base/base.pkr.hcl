@@ -1,0 +1,132 @@
+# farmhand base image: OS updates and the limits, loopback_devices and docker
+# roles: the slow, rarely changing layer. Build with `make images` (docker) or
+# `make vm-images` (qemu); packer/README.md tells how to bake an AMI.
+
+locals {
+  stamp      = formatdate("YYYYMMDDhhmmss", timestamp())
+  vm_ssh_key = var.vm_ssh_key != "" ? var.vm_ssh_key : "${var.vm_image_dir}/id_ed25519"
+  qemu_out   = "${var.output_dir}/qemu-${var.image_name}"
+}
+
+source "docker" "debian12" {
+  image  = var.docker_source_image
+  pull   = false
+  commit = true
+  # systemd as PID 1, as on a host: the roles enable and start services.
+  run_command = [
+    "-d", "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
+    "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+    "{{.Image}}", "/lib/systemd/systemd",
+  ]
+  changes = [
+    "CMD [\"/lib/systemd/systemd\"]",
+    "ENV container=docker",
+    "LABEL org.opencontainers.image.title=${var.image_name}",
+  ]
+}
+
+source "qemu" "debian12" {
+  iso_url          = "${var.vm_image_dir}/root.img"
+  iso_checksum     = "none"
+  disk_image       = true
+  format           = "qcow2"
+  disk_size        = var.vm_disk_size
+  accelerator      = var.vm_accelerator
+  headless         = true
+  output_directory = local.qemu_out
+  vm_name          = "${var.image_name}.qcow2"
+  net_device       = "virtio-net"
+  disk_interface   = "virtio"
+  # The image has no bootloader: qemu boots its kernel directly.
+  qemuargs = [
+    ["-m", "${var.vm_memory}"],
+    ["-smp", "${var.vm_cpus}"],
+    ["-kernel", "${var.vm_image_dir}/vmlinuz"],
+    ["-initrd", "${var.vm_image_dir}/initrd.img"],
+    ["-append", "console=ttyS0 root=/dev/vda rw net.ifnames=0"],
+  ]
+  communicator         = "ssh"
+  ssh_username         = "root"
+  ssh_private_key_file = local.vm_ssh_key
+  ssh_timeout          = "15m"
+  shutdown_command     = "sync && poweroff"
+}
+
+source "amazon-ebs" "debian12" {
+  region        = var.aws_region
+  instance_type = var.aws_instance_type
+  subnet_id     = var.aws_subnet_id
+  source_ami_filter {
+    filters = {
+      name                = var.aws_source_ami_name
+      architecture        = "x86_64"
+      root-device-type    = "ebs"
+      virtualization-type = "hvm"
+    }
+    owners      = [var.aws_source_ami_owner]
+    most_recent = true
+  }
+  ami_name     = "${var.image_name}-${local.stamp}"
+  ssh_username = var.aws_ssh_username
+  launch_block_device_mappings {
+    device_name           = "/dev/xvda"
+    volume_size           = var.aws_disk_size
+    volume_type           = "gp3"
+    iops                  = 3000
+    throughput            = 125
+    delete_on_termination = true
+  }
+  tags = {
+    Name    = var.image_name
+    Role    = "farmhand-base"
+    BuiltAt = local.stamp
+  }
+}
+
+build {
+  sources = [
+    "source.docker.debian12",
+    "source.qemu.debian12",
+    "source.amazon-ebs.debian12",
+  ]
+
+  provisioner "ansible" {
+    command       = var.ansible_playbook
+    playbook_file = "${path.root}/../playbooks/base.yml"
+    user          = "root"
+    ansible_env_vars = [
+      "ANSIBLE_CONFIG=${path.root}/../ansible.cfg",
+    ]
+    # Packer's SSH proxy offers an ssh-rsa host key, which OpenSSH 8.8+ refuses by default.
+    extra_arguments = concat([
+      "--ssh-extra-args", "-o HostKeyAlgorithms=+ssh-rsa -o PubkeyAcceptedKeyTypes=+ssh-rsa",
+    ], var.ansible_extra_vars)
+  }
+
+  # The VM boots the kernel found in its image: hand the current one to the app build.
+  provisioner "shell" {
+    only   = ["qemu.debian12"]
+    inline = ["mkdir -p /tmp/boot", "cp \"$(ls /boot/vmlinuz-* | sort -V | tail -n 1)\" /tmp/boot/vmlinuz", "cp \"$(ls /boot/initrd.img-* | sort -V | tail -n 1)\" /tmp/boot/initrd.img"]
+  }
+  provisioner "file" {
+    only        = ["qemu.debian12"]
+    direction   = "download"
+    source      = "/tmp/boot/"
+    destination = "${local.qemu_out}-boot/"
+  }
+
+  post-processor "docker-tag" {
+    only       = ["docker.debian12"]
+    repository = var.image_name
+    tags       = [var.image_tag]
+  }
+
+  post-processor "manifest" {
+    output     = "${var.output_dir}/manifest-${var.image_name}.json"
+    strip_path = false
+    custom_data = {
+      image = var.image_name
+      stamp = local.stamp
+    }
+  }
+}
