@@ -8,7 +8,7 @@ need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
-for pkg in docker.io busybox-static debootstrap docker-registry apache2-utils python3-venv python3-pip make openssh-server; do
+for pkg in docker.io busybox-static debootstrap docker-registry apache2-utils python3-venv python3-pip make openssh-server rabbitmq-server redis-server; do
   pkg_installed "$pkg" || need+=("$pkg")
 done
 if ((${#need[@]})); then

@@ -12,6 +12,7 @@ import signal
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.worker import state as worker_state
 from celery.worker.control import control_command
 from celery.worker.request import Request
 
@@ -27,6 +28,9 @@ class JournalingRequest(Request):
 
     def on_accepted(self, pid: int, time_accepted: float) -> None:
         node = current()
+        if self.revoked():  # cancelled while it waited for a slot: reported as such, never run
+            super().on_accepted(pid, time_accepted)
+            return
         try:
             document = self.args[0] if self.args else None
             node.accept(self.id, document, reply_context(self))
@@ -84,7 +88,8 @@ def make_app(config: WorkerConfig) -> Celery:
         node = current()
         task_id = self.request.id
         if not node.claim(task_id):
-            node.duplicate(task_id)
+            if task_id not in worker_state.revoked:
+                node.duplicate(task_id)
             return None
         result = node.execute(task_id, task, reply_context(self.request))
         if result["state"] != "succeeded":

@@ -1,0 +1,230 @@
+"""Real brokers and real worker processes for the dispatcher's tests.
+
+RabbitMQ and Redis are Debian's servers, started here on free loopback ports
+with their own data directories; each can be stopped and started again to
+test a broker restart. Workers are `farmhand worker` processes, killed with
+SIGKILL where a test needs a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from support import BUSYBOX, free_port, wait_for_port
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Redis:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "Redis":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=open(self.workdir / "redis.log", "ab"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, timeout=20)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(20)
+            self.proc = None
+
+
+class RabbitMQ:
+    """One node with a short consumer_timeout (checked every second), so a late acknowledgement would show."""
+
+    CONSUMER_TIMEOUT_MS = 3000
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.name = f"farmhand-test-{self.port}@localhost"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def _env(self) -> dict[str, str]:
+        w = self.workdir
+        return {
+            **os.environ,
+            "HOME": str(w),
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_MNESIA_BASE": str(w / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(w / "log"),
+            "RABBITMQ_CONFIG_FILE": str(w / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(w / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(w / "enabled_plugins"),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_PID_FILE": str(w / "rabbitmq.pid"),
+        }
+
+    def start(self) -> "RabbitMQ":
+        w = self.workdir
+        for d in ("mnesia", "log"):
+            (w / d).mkdir(parents=True, exist_ok=True)
+        (w / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.port}\nconsumer_timeout = {self.CONSUMER_TIMEOUT_MS}\nloopback_users.guest = true\n"
+        )
+        (w / "advanced.config").write_text("[{rabbit, [{channel_tick_interval, 1000}]}].\n")
+        (w / "enabled_plugins").write_text("[].\n")
+        self.proc = subprocess.Popen(
+            ["/usr/lib/rabbitmq/bin/rabbitmq-server"], env=self._env(), stdout=open(w / "server.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_for_port(self.port, timeout=90)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        subprocess.run(["/usr/lib/rabbitmq/bin/rabbitmqctl", "-n", self.name, "shutdown"], env=self._env(), capture_output=True, timeout=60)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+
+class WorkerProcess:
+    """`farmhand worker` with its own working dir; the broker comes from BROKER_URL as in production."""
+
+    def __init__(self, root: Path, env: dict[str, str], config: dict[str, Any] | None = None, name: str = "w1") -> None:
+        self.root = root / name
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.working_dir = self.root / "work"
+        doc: dict[str, Any] = {
+            "working_dir": str(self.working_dir),
+            "images": {"allowed": ["farmhand-test/*"]},
+            "limits": {"kill_grace": 1},
+            "worker": {"node_name": f"{name}@farmhand-test", "drain_grace": 30},
+        }
+        for key, value in (config or {}).items():
+            doc[key] = {**doc.get(key, {}), **value} if isinstance(value, dict) else value
+        self.config_path = self.root / "config.yml"
+        self.config_path.write_text(yaml.safe_dump(doc))
+        self.env = {**os.environ, **env}
+        self.log_path = self.root / "worker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "WorkerProcess":
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "farmhand", "--config", str(self.config_path), "worker"],
+            env=self.env,
+            stdout=open(self.log_path, "ab"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: " ready." in self.log()[offset:] or self.proc.poll() is not None, 60, "the worker to be ready")
+        assert self.proc.poll() is None, f"the worker exited:\n{self.log()[offset:]}"
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def journal_stage(self, task_id: str) -> str | None:
+        path = self.working_dir / "journal.sqlite"
+        if not path.exists():
+            return None
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+                row = db.execute("SELECT stage FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return row[0] if row else None
+
+
+def sleep_task(seconds: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "image": BUSYBOX,
+        "pull": "never",
+        "command": ["sh", "-c", f"echo started; sleep {seconds}; echo finished"],
+        "max_run_time": 600,
+        "network": "none",
+        **extra,
+    }
+
+
+def counted_task(counter: str, seconds: float = 0, **extra: Any) -> dict[str, Any]:
+    """A task that appends a line to a cache volume each time it actually runs, so runs can be counted."""
+    return {
+        "image": BUSYBOX,
+        "pull": "never",
+        "command": ["sh", "-c", f"echo run >> /count/{counter}; echo started; sleep {seconds}; echo finished"],
+        "max_run_time": 600,
+        "network": "none",
+        "caches": {"runcount": "/count"},
+        **extra,
+    }
+
+
+def runs_of(client: Any, counter: str) -> int:
+    out = client.containers.run(
+        BUSYBOX, ["sh", "-c", f"cat /count/{counter} 2>/dev/null || true"], volumes={"farmhand-cache-runcount": {"bind": "/count", "mode": "ro"}}, remove=True
+    )
+    return out.decode().count("run")
+
+
+def result_count(redis_url: str, task_id: str, subscriber: Any) -> int:
+    """Final results published for a task so far (Celery's Redis backend publishes each store)."""
+    n = 0
+    while True:
+        msg = subscriber.get_message(timeout=0.2)
+        if msg is None:
+            return n
+        if msg.get("type") == "message" and json.loads(msg["data"]).get("status") in ("SUCCESS", "FAILURE"):
+            n += 1

@@ -1,0 +1,356 @@
+"""The dispatcher against real brokers: RabbitMQ and Redis (Debian's servers), and the embedded SQLite default.
+
+Workers are real `farmhand worker` processes; crashes are real SIGKILLs.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import redis as redis_lib
+import yaml
+
+from dispatch_support import RabbitMQ, Redis, WorkerProcess, counted_task, runs_of, sleep_task, wait_until
+from farmhand.client import Client
+from farmhand.config import load_config
+from support import BUSYBOX
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    server = Redis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    server = RabbitMQ(tmp_path_factory.mktemp("rabbitmq")).start()
+    yield server
+    server.stop()
+
+
+class Farm:
+    """Workers and a client sharing one broker."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root, self.env = root, env
+        self.workers: list[WorkerProcess] = []
+
+    def worker(self, name: str = "w1", concurrency: int = 2, queues: str = "default", config: dict[str, Any] | None = None) -> WorkerProcess:
+        w = WorkerProcess(self.root, {**self.env, "CONCURRENCY": str(concurrency), "QUEUES": queues}, config, name)
+        self.workers.append(w)
+        return w.start()
+
+    def client(self, worker: WorkerProcess | None = None) -> Client:
+        """A client configured as an operator's would be: same broker, and (embedded) the same working dir."""
+        w = worker or self.workers[0]
+        cfg_path = self.root / f"client-{w.root.name}.yml"
+        cfg_path.write_text(yaml.safe_dump({"working_dir": str(w.working_dir)}))
+        return Client(load_config(cfg_path, environ=self.env))
+
+    def stop(self) -> None:
+        for w in self.workers:
+            w.stop()
+
+
+@pytest.fixture
+def farm_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Farm]]:
+    farms: list[Farm] = []
+
+    def make(env: dict[str, str]) -> Farm:
+        farm = Farm(tmp_path, env)
+        farms.append(farm)
+        return farm
+
+    yield make
+    for farm in farms:
+        farm.stop()
+
+
+@pytest.fixture(params=["embedded", "redis", "rabbitmq"])
+def farm(request: pytest.FixtureRequest, farm_factory: Callable[[dict[str, str]], Farm]) -> Farm:
+    if request.param == "embedded":
+        return farm_factory({})
+    if request.param == "redis":
+        return farm_factory({"BROKER_URL": request.getfixturevalue("redis_server").url})
+    return farm_factory({"BROKER_URL": request.getfixturevalue("rabbitmq").url})
+
+
+@pytest.fixture
+def redis_farm(redis_server: Redis, farm_factory: Callable[[dict[str, str]], Farm]) -> Farm:
+    return farm_factory({"BROKER_URL": redis_server.url})
+
+
+def hello(**extra: Any) -> dict[str, Any]:
+    return {
+        "image": BUSYBOX,
+        "pull": "never",
+        "command": ["sh", "-c", "echo hello; echo 42 > /answer.txt"],
+        "max_run_time": 60,
+        "artifacts": [{"path": "/answer.txt", "name": "answer.txt"}],
+        **extra,
+    }
+
+
+def test_submit_wait_and_result(farm: Farm) -> None:
+    farm.worker()
+    client = farm.client()
+    handle = client.submit(hello())
+    doc = handle.result(timeout=60)
+    assert doc["state"] == "succeeded", doc
+    assert doc["task_id"] == handle.task_id
+    assert doc["artifacts"][0]["sha256"] and doc["artifacts"][0]["location"].startswith("file://")
+    assert handle.state == "succeeded"
+    failing = client.submit(hello(command=["sh", "-c", "exit 3"])).result(timeout=60)
+    assert (failing["state"], failing["reason"], failing["exit_code"]) == ("failed", "nonzero-exit", 3)
+
+
+def test_invalid_task_is_refused_at_submit_naming_the_field(farm_factory: Callable[[dict[str, str]], Farm], tmp_path: Path) -> None:
+    farm = farm_factory({})
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(yaml.safe_dump({"working_dir": str(tmp_path / "w")}))
+    client = Client(load_config(cfg, environ={}))
+    from farmhand.errors import InvalidDocument
+
+    with pytest.raises(InvalidDocument, match=r"task\.max_run_time"):
+        client.submit({"image": BUSYBOX, "command": ["true"]})
+    assert farm.workers == []
+
+
+def test_the_worker_checks_again_and_reports_invalid_tasks(redis_farm: Farm, redis_server: Redis) -> None:
+    """A Celery client that skips farmhand's client still gets a result naming the bad field."""
+    redis_farm.worker()
+    client = redis_farm.client()
+    async_result = client.app.send_task("farmhand.run_task", args=[{"image": BUSYBOX, "command": ["true"], "max_run_time": 60, "resources": {"memory": "lots"}}], queue="default")
+    doc = client.get(async_result.id).result(timeout=60)
+    assert (doc["state"], doc["reason"]) == ("exception", "invalid-task")
+    assert "task.resources.memory" in doc["message"]
+
+
+def test_stage_states_are_visible_to_any_celery_client(redis_farm: Farm) -> None:
+    redis_farm.worker()
+    client = redis_farm.client()
+    handle = client.submit(sleep_task(3))
+    seen = set()
+    deadline = time.monotonic() + 60
+    while not handle.done() and time.monotonic() < deadline:
+        seen.add(client.app.AsyncResult(handle.task_id).state)
+        time.sleep(0.05)
+    assert "RUNNING" in seen, seen
+    assert seen <= {"PENDING", "RECEIVED", "PREPARING", "RUNNING", "UPLOADING", "SUCCESS"}, seen
+    assert handle.result(timeout=10)["state"] == "succeeded"
+
+
+def test_queues_are_routed_to_the_workers_that_serve_them(redis_farm: Farm) -> None:
+    small = redis_farm.worker("small", queues="small")
+    large = redis_farm.worker("large", queues="large,default")
+    client = redis_farm.client(small)
+    docs = {q: client.submit(hello(), queue=q).result(timeout=60) for q in ("small", "large", "default")}
+    assert docs["small"]["workspace"].startswith(str(small.working_dir))
+    assert docs["large"]["workspace"].startswith(str(large.working_dir))
+    assert docs["default"]["workspace"].startswith(str(large.working_dir))
+
+
+def test_concurrency_is_honoured_one_task_waits(redis_farm: Farm) -> None:
+    redis_farm.worker(concurrency=2)
+    client = redis_farm.client()
+    handles = [client.submit(sleep_task(4)) for _ in range(3)]
+    time.sleep(2.5)
+    states = sorted(h.state for h in handles)
+    assert states.count("running") == 2 and states.count("pending") == 1, states
+    docs = [h.result(timeout=60) for h in handles]
+    assert all(d["state"] == "succeeded" for d in docs)
+    first_end = min(d["finished_at"] for d in docs)
+    assert max(d["started_at"] for d in docs) >= first_end[:19]
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_cancel_before_start_and_while_running(broker: str, request: pytest.FixtureRequest, farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
+    env = {"BROKER_URL": request.getfixturevalue("redis_server" if broker == "redis" else "rabbitmq").url, "RESULT_BACKEND": request.getfixturevalue("redis_server").url}
+    farm = farm_factory(env)
+    farm.worker(concurrency=1)
+    fh = farm.client()
+    counter = f"cancel-{uuid.uuid4().hex[:8]}"
+    running = fh.submit(counted_task(counter, seconds=120))
+    queued = fh.submit(counted_task(counter, seconds=0))
+    wait_until(lambda: running.state == "running", 60, "the first task to run")
+    assert queued.state == "pending"
+    fh.cancel(queued.task_id)
+    t0 = time.monotonic()
+    fh.cancel(running.task_id)
+    doc = running.result(timeout=30)
+    assert time.monotonic() - t0 < 10
+    assert (doc["state"], doc["reason"]) == ("exception", "cancelled"), doc
+    assert doc["log"]["location"] and doc["log"]["size"] > 0  # the partial log was uploaded
+    never = queued.result(timeout=30)
+    assert (never["state"], never["reason"]) == ("exception", "cancelled")
+    time.sleep(1)
+    assert runs_of(client, counter) == 1  # the queued task never ran
+
+
+def test_embedded_cancel_reaches_the_worker_through_its_journal(farm_factory: Callable[[dict[str, str]], Farm]) -> None:
+    farm = farm_factory({})
+    farm.worker(concurrency=1)
+    fh = farm.client()
+    handle = fh.submit(sleep_task(120))
+    wait_until(lambda: handle.state == "running", 60, "the task to run")
+    fh.cancel(handle.task_id)
+    doc = handle.result(timeout=30)
+    assert (doc["state"], doc["reason"]) == ("exception", "cancelled")
+
+
+class ResultCounter:
+    """Counts final results stored for a task in Redis (the backend publishes each store on the task's key)."""
+
+    def __init__(self, url: str, task_id: str) -> None:
+        self.pubsub = redis_lib.Redis.from_url(url).pubsub()
+        self.pubsub.subscribe(f"celery-task-meta-{task_id}")
+        self.finals = 0
+
+    def count(self) -> int:
+        while (msg := self.pubsub.get_message(timeout=0.2)) is not None:
+            if msg.get("type") == "message" and json.loads(msg["data"]).get("status") in ("SUCCESS", "FAILURE"):
+                self.finals += 1
+        return self.finals
+
+
+@pytest.mark.parametrize("stage", ["prepare", "run", "upload"])
+def test_kill_9_in_each_stage_gives_exactly_one_result_and_no_orphan(stage: str, redis_farm: Farm, redis_server: Redis, client) -> None:
+    worker = redis_farm.worker(concurrency=1)
+    fh = redis_farm.client()
+    counter = f"kill-{stage}-{uuid.uuid4().hex[:8]}"
+    task_id = uuid.uuid4().hex
+    results = ResultCounter(redis_server.url, task_id)
+    if stage == "prepare":
+        # A service whose readiness takes a while keeps the task in prepare.
+        task = counted_task(counter, seconds=1, network="bridge")
+        task["services"] = [{"name": "db", "image": BUSYBOX, "command": ["sh", "-c", "sleep 3; touch /ready; sleep 600"], "readiness": {"command": ["test", "-e", "/ready"], "timeout": 60, "interval": 0.2}}]
+    elif stage == "run":
+        task = counted_task(counter, seconds=6)
+    else:
+        task = counted_task(counter, seconds=0)
+        task["command"][-1] += "; head -c 400000000 /dev/zero > /big.bin"
+        task["artifacts"] = [{"path": "/big.bin", "name": "big.bin"}]
+    handle = fh.submit(task, task_id=task_id)
+    wait_until(lambda: worker.journal_stage(task_id) == stage, 90, f"the task to reach {stage}", interval=0.01)
+    worker.kill9()
+    assert handle.state != "succeeded"
+    worker.start()
+    doc = handle.result(timeout=120)
+    assert doc["state"] == "succeeded", doc
+    assert any("resumed after the worker restarted" in w for w in doc["warnings"]) or stage == "prepare", doc["warnings"]
+    if stage == "upload":
+        assert doc["artifacts"][0]["size"] == 400_000_000 and doc["artifacts"][0]["location"]
+    time.sleep(2)
+    assert results.count() == 1
+    assert runs_of(client, counter) == 1
+    assert client.containers.list(all=True, filters={"label": f"farmhand.task-id={task_id}"}) == []
+
+
+def test_sigterm_leaves_the_task_running_and_the_next_start_adopts_it(redis_farm: Farm, client) -> None:
+    worker = redis_farm.worker(concurrency=1)
+    fh = redis_farm.client()
+    counter = f"term-{uuid.uuid4().hex[:8]}"
+    handle = fh.submit(counted_task(counter, seconds=5))
+    wait_until(lambda: handle.state == "running", 60, "the task to run")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+    running = client.containers.list(filters={"label": f"farmhand.task-id={handle.task_id}"})
+    assert len(running) == 1  # the container outlived the worker
+    worker.start()
+    doc = handle.result(timeout=60)
+    assert doc["state"] == "succeeded", doc
+    assert runs_of(client, counter) == 1
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_a_task_longer_than_the_delivery_timeouts_runs_once(broker: str, request: pytest.FixtureRequest, farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
+    redis_url = request.getfixturevalue("redis_server").url
+    env = {"BROKER_URL": redis_url if broker == "redis" else request.getfixturevalue("rabbitmq").url, "RESULT_BACKEND": redis_url}
+    if broker == "redis":
+        env["BROKER_VISIBILITY_TIMEOUT"] = "2"
+    farm = farm_factory(env)
+    farm.worker(concurrency=2)
+    fh = farm.client()
+    counter = f"timeout-{broker}-{uuid.uuid4().hex[:8]}"
+    doc = fh.submit(counted_task(counter, seconds=9)).result(timeout=90)  # 3x RabbitMQ's consumer_timeout
+    assert doc["state"] == "succeeded"
+    time.sleep(3)
+    assert runs_of(client, counter) == 1
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_broker_restart_mid_task_the_result_still_arrives(broker: str, request: pytest.FixtureRequest, farm_factory: Callable[[dict[str, str]], Farm], tmp_path: Path) -> None:
+    if broker == "redis":
+        server: Any = Redis(tmp_path / "redis-own").start()
+        env = {"BROKER_URL": server.url}
+    else:
+        server = RabbitMQ(tmp_path / "rabbit-own").start()
+        result_store = Redis(tmp_path / "redis-results").start()
+        env = {"BROKER_URL": server.url, "RESULT_BACKEND": result_store.url}
+    farm = farm_factory(env)
+    try:
+        farm.worker(concurrency=1)
+        fh = farm.client()
+        handle = fh.submit(sleep_task(8))
+        wait_until(lambda: handle.state == "running", 60, "the task to run")
+        server.stop()
+        time.sleep(2)
+        server.start()
+        doc = Client(fh.config).get(handle.task_id).result(timeout=90)
+        assert doc["state"] == "succeeded"
+        after = fh.submit(hello()).result(timeout=60)  # and the worker takes new tasks again
+        assert after["state"] == "succeeded"
+    finally:
+        farm.stop()
+        server.stop()
+        if broker == "rabbitmq":
+            result_store.stop()
+
+
+def test_drain_finishes_running_tasks_then_stops(redis_farm: Farm) -> None:
+    worker = redis_farm.worker(concurrency=1, config={"worker": {"drain_grace": 60}})
+    fh = redis_farm.client()
+    handle = fh.submit(sleep_task(3))
+    wait_until(lambda: handle.state == "running", 60, "the task to run")
+    assert fh.drain(node=f"w1@farmhand-test") == ["w1@farmhand-test"]
+    later = fh.submit(hello())
+    assert worker.wait(60) == 0
+    assert handle.result(timeout=10)["state"] == "succeeded"
+    assert later.state == "pending"  # a draining worker takes no new task
+
+
+def test_drain_past_its_grace_cancels_with_worker_shutdown(redis_farm: Farm) -> None:
+    worker = redis_farm.worker(concurrency=1, config={"worker": {"drain_grace": 1}})
+    fh = redis_farm.client()
+    handle = fh.submit(sleep_task(120))
+    wait_until(lambda: handle.state == "running", 60, "the task to run")
+    worker.signal(signal.SIGQUIT)
+    assert worker.wait(60) == 0
+    doc = handle.result(timeout=10)
+    assert (doc["state"], doc["reason"]) == ("exception", "worker-shutdown")
+    assert doc["log"]["location"]
+
+
+def test_two_nodes_split_200_tasks_none_lost_none_duplicated(rabbitmq: RabbitMQ, redis_server: Redis, farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
+    farm = farm_factory({"BROKER_URL": rabbitmq.url, "RESULT_BACKEND": redis_server.url})
+    a = farm.worker("a", concurrency=2)
+    b = farm.worker("b", concurrency=2)
+    fh = farm.client(a)
+    counter = f"split-{uuid.uuid4().hex[:8]}"
+    handles = [fh.submit(counted_task(counter)) for _ in range(200)]
+    docs = [h.result(timeout=600) for h in handles]
+    assert all(d["state"] == "succeeded" for d in docs)
+    assert len({d["task_id"] for d in docs}) == 200
+    by_node = {"a": 0, "b": 0}
+    for d in docs:
+        by_node["a" if d["workspace"].startswith(str(a.working_dir)) else "b"] += 1
+    assert by_node["a"] > 0 and by_node["b"] > 0, by_node
+    assert runs_of(client, counter) == 200
