@@ -12,13 +12,16 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import docker
 import pytest
 import redis as redis_lib
 import yaml
 
 from dispatch_support import RabbitMQ, Redis, WorkerProcess, counted_task, runs_of, sleep_task, wait_until
 from farmhand.client import Client
+from farmhand import sandbox
 from farmhand.config import load_config
+from farmhand.sandbox import TASK_LABEL
 from support import BUSYBOX
 
 
@@ -56,8 +59,12 @@ class Farm:
         return Client(load_config(cfg_path, environ=self.env))
 
     def stop(self) -> None:
+        """Stop the workers; SIGTERM leaves task containers behind by design, so a failed test's are removed here."""
         for w in self.workers:
             w.stop()
+        docker_client = docker.from_env()
+        for c in docker_client.containers.list(all=True, filters={"label": TASK_LABEL}):
+            sandbox.cleanup(docker_client, c.labels[TASK_LABEL])
 
 
 @pytest.fixture
@@ -259,10 +266,10 @@ def test_sigterm_leaves_the_task_running_and_the_next_start_adopts_it(redis_farm
     fh = redis_farm.client()
     counter = f"term-{uuid.uuid4().hex[:8]}"
     handle = fh.submit(counted_task(counter, seconds=5))
-    wait_until(lambda: handle.state == "running", 60, "the task to run")
+    wait_until(lambda: client.containers.list(filters={"label": f"{TASK_LABEL}={handle.task_id}"}), 60, "the task's container")
     worker.signal(signal.SIGTERM)
     assert worker.wait(20) == 0
-    running = client.containers.list(filters={"label": f"farmhand.task-id={handle.task_id}"})
+    running = client.containers.list(filters={"label": f"{TASK_LABEL}={handle.task_id}"})
     assert len(running) == 1  # the container outlived the worker
     worker.start()
     doc = handle.result(timeout=60)
