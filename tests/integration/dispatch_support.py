@@ -34,9 +34,10 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 
 class Redis:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -45,8 +46,10 @@ class Redis:
 
     def start(self) -> "Redis":
         self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "redis.conf"  # the password goes in a file, not on redis-server's command line
+        conf.write_text(f"requirepass {self.password}\n" if self.password else "")
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
+            ["redis-server", str(conf), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.workdir)],
             stdout=open(self.workdir / "redis.log", "ab"),
             stderr=subprocess.STDOUT,
         )

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -361,3 +363,25 @@ def test_two_nodes_split_200_tasks_none_lost_none_duplicated(rabbitmq: RabbitMQ,
         by_node["a" if d["workspace"].startswith(str(a.working_dir)) else "b"] += 1
     assert by_node["a"] > 0 and by_node["b"] > 0, by_node
     assert runs_of(client, counter) == 200
+
+
+def test_the_broker_password_never_shows_in_logs_or_ps(tmp_path: Path, farm_factory: Callable[[dict[str, str]], Farm]) -> None:
+    secret = f"pw-{uuid.uuid4().hex}"
+    server = Redis(tmp_path / "redis-auth", password=secret).start()
+    try:
+        farm = farm_factory({"BROKER_URL": server.url, "USERNAME": "default", "PASSWORD": secret})
+        worker = farm.worker()
+        assert farm.client().submit(hello()).result(timeout=60)["state"] == "succeeded"
+        assert worker.proc is not None
+        cmdline = Path(f"/proc/{worker.proc.pid}/cmdline").read_bytes().decode()
+        check = subprocess.run(
+            [sys.executable, "-m", "farmhand", "--config", str(worker.config_path), "check"], env=worker.env, capture_output=True, text=True, timeout=60
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "broker: redis://default:**@127.0.0.1" in check.stdout
+        farm.stop()
+        for text in (worker.log(), cmdline, check.stdout, check.stderr):
+            assert secret not in text
+        assert "Connected to redis://default:**@" in worker.log()
+    finally:
+        server.stop()

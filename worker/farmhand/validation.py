@@ -59,6 +59,11 @@ def describe(error: ValidationError, root: str) -> list[str]:
     the line starts with the offending field itself.
     """
     path = field_path(error, root)
+    if _is_secret(error):
+        # A password's value never goes into a message, whatever is wrong with it.
+        kind = error.validator if error.validator in ("type", "enum", "const") else "value"
+        expected = error.schema.get("type") if kind == "type" else None
+        return [f"{path}: invalid {kind}" + (f" (expected {expected})" if expected else "")]
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = set(error.schema.get("properties", {}))
         extra = sorted((k for k in error.instance if k not in allowed), key=str)
@@ -72,6 +77,10 @@ def describe(error: ValidationError, root: str) -> list[str]:
         desc = error.schema.get("description") or _describe_branches(error.schema)
         return [f"{path}: {error.instance!r} is not valid: expected {desc}"]
     return [f"{path}: {error.message}"]
+
+
+def _is_secret(error: ValidationError) -> bool:
+    return any(isinstance(part, str) and "password" in part.lower() for part in error.absolute_path)
 
 
 def _describe_branches(schema: dict[str, Any]) -> str:

@@ -1,0 +1,120 @@
+"""Broker settings from config and env (the seeds' names), the journal's bookkeeping, and what never shows a password."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from farmhand.config import load_config
+from farmhand.dispatch import settings
+from farmhand.errors import ConfigError
+from farmhand.journal import Journal
+
+
+def config(tmp_path: Path, doc: dict | None = None, **env: str):
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump({"working_dir": str(tmp_path / "work"), **(doc or {})}))
+    return load_config(path, environ=env)
+
+
+def test_no_broker_configured_means_the_embedded_sqlite_broker_and_store(tmp_path):
+    cfg = config(tmp_path)
+    assert settings.broker_url(cfg) == f"farmhand+sqlite:///{tmp_path}/work/broker.sqlite"
+    assert settings.result_backend(cfg) == f"db+sqlite:///{tmp_path}/work/results.sqlite"
+    assert settings.is_embedded(cfg)
+    conf = settings.celery_settings(cfg)
+    assert conf["worker_enable_remote_control"] is False and conf["worker_send_task_events"] is False
+
+
+def test_seed_env_names_build_the_url_with_quoted_credentials(tmp_path):
+    cfg = config(tmp_path, BROKER_HOST="mq.example", USERNAME="farm", PASSWORD="p@ss:w/rd", BROKER_VHOST="zim")
+    assert settings.broker_url(cfg) == "amqp://farm:p%40ss%3Aw%2Frd@mq.example:5672/zim"
+    assert settings.result_backend(cfg) == "rpc://"
+    assert "p%40ss" not in settings.shown(settings.broker_url(cfg))
+
+
+def test_broker_url_wins_and_gets_credentials_only_when_it_has_none(tmp_path):
+    cfg = config(tmp_path, BROKER_URL="redis://127.0.0.1:6390/2", USERNAME="default", PASSWORD="s3cret")
+    assert settings.broker_url(cfg) == "redis://default:s3cret@127.0.0.1:6390/2"
+    assert settings.result_backend(cfg) == settings.broker_url(cfg)
+    own = config(tmp_path, BROKER_URL="amqp://a:b@h//", USERNAME="other", PASSWORD="x")
+    assert settings.broker_url(own) == "amqp://a:b@h//"
+
+
+def test_tls_switches_the_scheme_and_passes_ca_cert_and_key(tmp_path):
+    cfg = config(tmp_path, {"broker": {"host": "mq", "tls": {"ca": "/etc/ssl/ca.pem", "cert": "/etc/c.pem", "key": "/etc/k.pem"}}})
+    assert settings.broker_url(cfg).startswith("amqps://mq:5671/")
+    ssl_opts = settings.celery_settings(cfg)["broker_use_ssl"]
+    assert ssl_opts["ca_certs"] == "/etc/ssl/ca.pem" and ssl_opts["certfile"] == "/etc/c.pem" and ssl_opts["keyfile"] == "/etc/k.pem"
+    redis_cfg = config(tmp_path, {"broker": {"host": "r", "transport": "redis", "tls": {"ca": "/ca.pem"}}})
+    assert settings.broker_url(redis_cfg) == "rediss://r:6379/"
+    assert settings.celery_settings(redis_cfg)["broker_use_ssl"]["ssl_ca_certs"] == "/ca.pem"
+
+
+def test_redis_vhost_must_be_a_database_number(tmp_path):
+    cfg = config(tmp_path, {"broker": {"host": "r", "transport": "redis", "vhost": "zim"}})
+    with pytest.raises(ConfigError, match="broker.vhost"):
+        settings.broker_url(cfg)
+
+
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"CONCURRENCY": "many"}, "CONCURRENCY"),
+        ({"CONCURRENCY": "0"}, "config.worker.concurrency"),
+        ({"BROKER_PORT": "99999"}, "config.broker.port"),
+        ({"QUEUES": "ok,bad queue"}, "config.worker.queues"),
+        ({"BROKER_URL": "http://nope"}, "config.broker.url"),
+        ({"NODE_NAME": "has space"}, "config.worker.node_name"),
+    ],
+)
+def test_bad_settings_name_the_field(tmp_path, env, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        config(tmp_path, **env)
+
+
+def test_a_bad_password_value_is_never_echoed(tmp_path):
+    path = tmp_path / "c.yml"
+    path.write_text(yaml.safe_dump({"broker": {"password": 12345}}))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert "config.broker.password" in str(info.value) and "12345" not in str(info.value)
+
+
+def test_queues_concurrency_and_node_name_from_env(tmp_path):
+    cfg = config(tmp_path, QUEUES="default, small,large", CONCURRENCY="3", NODE_NAME="zim@host1")
+    assert cfg.node.queues == ("default", "small", "large")
+    assert cfg.node.slots == 3
+    assert settings.node_name(cfg) == "zim@host1"
+    assert config(tmp_path).node.slots == len(os.sched_getaffinity(0))
+
+
+def test_journal_accepts_once_records_then_reports_and_forgets_secrets(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    assert stat.S_IMODE((tmp_path / "j.sqlite").stat().st_mode) == 0o600
+    doc = {"image": "x", "env": {"TOKEN": "secret"}}
+    assert journal.accept("t1", doc, {"reply_to": "q"}) is True
+    assert journal.accept("t1", doc, {"reply_to": "q"}) is False  # a second delivery
+    journal.set_stage("t1", "run")
+    assert [e.stage for e in journal.unreported()] == ["run"]
+    journal.record_result("t1", {"state": "succeeded"})
+    journal.set_stage("t1", "upload")  # too late: a finished task keeps its stage
+    entry = journal.get("t1")
+    assert entry is not None and entry.stage == "finished" and entry.result == {"state": "succeeded"}
+    journal.mark_reported("t1")
+    assert journal.unreported() == []
+    reopened = Journal(tmp_path / "j.sqlite").get("t1")
+    assert reopened is not None and reopened.document is None and reopened.reported_at
+
+
+def test_journal_requests_are_handed_out_once(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    other = Journal(tmp_path / "j.sqlite")  # a command on the same host
+    other.request("cancel", "t9")
+    other.request("drain")
+    assert journal.take_requests() == [("cancel", "t9"), ("drain", None)]
+    assert journal.take_requests() == []
