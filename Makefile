@@ -24,7 +24,7 @@ test-images: host
 	bash scripts/build-test-images.sh
 
 run: test-images venv
-	WORKING_DIR=$(CURDIR)/var $(VENV)/bin/farmhand --config examples/config.yml run-task examples/hello.yml
+	bash scripts/run-example.sh
 
 test: test-images venv
 	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
