@@ -8,7 +8,6 @@ SIGKILL where a test needs a crash.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -191,11 +190,11 @@ class WorkerProcess:
         return row[0] if row else None
 
 
-def sleep_task(seconds: float, **extra: Any) -> dict[str, Any]:
+def sleep_task(seconds: float, *, before: str = "", **extra: Any) -> dict[str, Any]:
     return {
         "image": BUSYBOX,
         "pull": "never",
-        "command": ["sh", "-c", f"echo started; sleep {seconds}; echo finished"],
+        "command": ["sh", "-c", f"{before}echo started; sleep {seconds}; echo finished"],
         "max_run_time": 600,
         "network": "none",
         **extra,
@@ -204,15 +203,7 @@ def sleep_task(seconds: float, **extra: Any) -> dict[str, Any]:
 
 def counted_task(counter: str, seconds: float = 0, **extra: Any) -> dict[str, Any]:
     """A task that appends a line to a cache volume each time it actually runs, so runs can be counted."""
-    return {
-        "image": BUSYBOX,
-        "pull": "never",
-        "command": ["sh", "-c", f"echo run >> /count/{counter}; echo started; sleep {seconds}; echo finished"],
-        "max_run_time": 600,
-        "network": "none",
-        "caches": {"runcount": "/count"},
-        **extra,
-    }
+    return sleep_task(seconds, before=f"echo run >> /count/{counter}; ", caches={"runcount": "/count"}, **extra)
 
 
 def runs_of(client: Any, counter: str) -> int:
@@ -220,14 +211,3 @@ def runs_of(client: Any, counter: str) -> int:
         BUSYBOX, ["sh", "-c", f"cat /count/{counter} 2>/dev/null || true"], volumes={"farmhand-cache-runcount": {"bind": "/count", "mode": "ro"}}, remove=True
     )
     return out.decode().count("run")
-
-
-def result_count(redis_url: str, task_id: str, subscriber: Any) -> int:
-    """Final results published for a task so far (Celery's Redis backend publishes each store)."""
-    n = 0
-    while True:
-        msg = subscriber.get_message(timeout=0.2)
-        if msg is None:
-            return n
-        if msg.get("type") == "message" and json.loads(msg["data"]).get("status") in ("SUCCESS", "FAILURE"):
-            n += 1

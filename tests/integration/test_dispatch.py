@@ -329,7 +329,7 @@ def test_drain_finishes_running_tasks_then_stops(redis_farm: Farm) -> None:
     fh = redis_farm.client()
     handle = fh.submit(sleep_task(3))
     wait_until(lambda: handle.state == "running", 60, "the task to run")
-    assert fh.drain(node=f"w1@farmhand-test") == ["w1@farmhand-test"]
+    assert fh.drain(node="w1@farmhand-test") == ["w1@farmhand-test"]
     later = fh.submit(hello())
     assert worker.wait(60) == 0
     assert handle.result(timeout=10)["state"] == "succeeded"
@@ -358,10 +358,8 @@ def test_two_nodes_split_200_tasks_none_lost_none_duplicated(rabbitmq: RabbitMQ,
     docs = [h.result(timeout=600) for h in handles]
     assert all(d["state"] == "succeeded" for d in docs)
     assert len({d["task_id"] for d in docs}) == 200
-    by_node = {"a": 0, "b": 0}
-    for d in docs:
-        by_node["a" if d["workspace"].startswith(str(a.working_dir)) else "b"] += 1
-    assert by_node["a"] > 0 and by_node["b"] > 0, by_node
+    by_node = {w.root.name: sum(d["workspace"].startswith(str(w.working_dir)) for d in docs) for w in (a, b)}
+    assert by_node["a"] > 0 and by_node["b"] > 0 and sum(by_node.values()) == 200, by_node
     assert runs_of(client, counter) == 200
 
 

@@ -144,12 +144,8 @@ class Engine:
             self._checkpoint(workspace, result, "collect", target)
             with self._stage(result, "collect"):
                 self._collect(task, outcome.container_id, workspace, result)
-        except TaskProblem as problem:
-            result.conclude(problem.state, problem.reason, problem.message)
-        except DockerException as exc:
-            result.conclude("exception", "docker-error", f"Docker engine error: {_docker_text(exc)}")
         except Exception as exc:  # noqa: BLE001 - every path must end in a result
-            self._internal_error(result, exc)
+            self._conclude_problem(result, exc)
         return self._finish(task, workspace, target, result, cleanup=owns_docker_objects)
 
     def resume(self, document: Any, *, task_id: str) -> dict[str, Any]:
@@ -195,18 +191,20 @@ class Engine:
                 with self._stage(result, "collect"):
                     shutil.rmtree(workspace / "artifacts", ignore_errors=True)
                     self._collect(task, container.id, workspace, result)
-        except TaskProblem as problem:
-            result.conclude(problem.state, problem.reason, problem.message)
-        except DockerException as exc:
-            result.conclude("exception", "docker-error", f"Docker engine error: {_docker_text(exc)}")
         except Exception as exc:  # noqa: BLE001 - every path must end in a result
-            self._internal_error(result, exc)
+            self._conclude_problem(result, exc)
         result.warnings.append(f"worker: this task was resumed after the worker restarted (in its {phase} stage)")
         return self._finish(task, workspace, target, result, cleanup=True).to_dict()
 
-    def _internal_error(self, result: Result, exc: Exception) -> None:
-        log.error("internal error in task %s:\n%s", result.task_id, traceback.format_exc())
-        result.conclude("exception", "internal-error", f"internal error: {type(exc).__name__}: {exc}")
+    def _conclude_problem(self, result: Result, exc: Exception) -> None:
+        """What ended a task early, as its result says it: the task's problem, Docker's, or a bug of ours."""
+        if isinstance(exc, TaskProblem):
+            result.conclude(exc.state, exc.reason, exc.message)
+        elif isinstance(exc, DockerException):
+            result.conclude("exception", "docker-error", f"Docker engine error: {_docker_text(exc)}")
+        else:
+            log.error("internal error in task %s:\n%s", result.task_id, traceback.format_exc())
+            result.conclude("exception", "internal-error", f"internal error: {type(exc).__name__}: {exc}")
 
     def _checkpoint(self, workspace: Path, result: Result, phase: str, target: str | None) -> None:
         """Save how far the task got, so a worker killed now can resume it (see ``resume``)."""
