@@ -41,5 +41,38 @@ bench: test-images venv
 	$(PY) bench/upload.py
 	$(PY) bench/log_capture.py
 
+# Packer images (packer/README.md) and the Debian VM image they and molecule's
+# vm scenario boot. `images`: docker base then app; `vm-images`: qemu base then
+# app (software emulation, slow: see packer/README.md for timings).
+PACKER := PACKER_CACHE_DIR=$(CURDIR)/build/packer_cache CHECKPOINT_DISABLE=1 packer
+PACKER_BUILD := $(PACKER) build -color=false -timestamp-ui -force
+
+.PHONY: packer-tools packer-validate vm-image images vm-images images-test
+
+packer-tools:
+	bash scripts/setup-packer-tools.sh
+	bash scripts/setup-appliance-tools.sh
+
+packer-validate: packer-tools venv
+	$(PY) -m pytest tests/integration/test_packer.py tests/integration/test_vagrant.py $(PYTEST_ARGS)
+
+vm-image: packer-tools
+	bash scripts/build-vm-image.sh
+
+images: host packer-tools
+	bash scripts/build-systemd-image.sh
+	mkdir -p build/packer
+	$(PACKER_BUILD) -only=docker.debian12 packer/base
+	$(PACKER_BUILD) -only=docker.debian12 packer/app
+
+vm-images: vm-image
+	mkdir -p build/packer
+	$(PACKER_BUILD) -only=qemu.debian12 packer/base
+	$(PACKER_BUILD) -only=qemu.debian12 packer/app
+
+# Runs the docker app image and boots the qemu app image (both built above).
+images-test: images vm-images venv
+	$(PY) -m pytest tests/appliance/test_images.py $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis var
