@@ -383,3 +383,26 @@ def test_the_broker_password_never_shows_in_logs_or_ps(tmp_path: Path, farm_fact
         assert "Connected to redis://default:**@" in worker.log()
     finally:
         server.stop()
+
+
+def test_stage_changes_are_sent_as_celery_events(rabbitmq: RabbitMQ, redis_server: Redis, farm_factory: Callable[[dict[str, str]], Farm]) -> None:
+    """What Flower and `celery events` see: Celery's own task events plus farmhand's task-stage events."""
+    import threading
+
+    farm = farm_factory({"BROKER_URL": rabbitmq.url, "RESULT_BACKEND": redis_server.url})
+    farm.worker()
+    fh = farm.client()
+    seen: list[dict[str, Any]] = []
+    with fh.app.connection_for_read() as conn:
+        receiver = fh.app.events.Receiver(conn, handlers={"*": seen.append})
+        listener = threading.Thread(target=lambda: receiver.capture(limit=None, timeout=30, wakeup=True), daemon=True)
+        listener.start()
+        time.sleep(1)
+        handle = fh.submit(hello())
+        assert handle.result(timeout=60)["state"] == "succeeded"
+        wait_until(lambda: any(e["type"] == "task-succeeded" and e.get("uuid") == handle.task_id for e in seen), 20, "task-succeeded")
+        receiver.should_stop = True
+    mine = [e for e in seen if e.get("uuid") == handle.task_id]
+    stages = [(e["stage"], e["status"]) for e in mine if e["type"] == "task-stage"]
+    assert ("prepare", "started") in stages and ("run", "finished") in stages and ("upload", "finished") in stages, stages
+    assert {"task-received", "task-started", "task-succeeded"} <= {e["type"] for e in mine}
