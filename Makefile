@@ -74,5 +74,36 @@ vm-images: vm-image
 images-test: images vm-images venv
 	$(PY) -m pytest tests/appliance/test_images.py $(PYTEST_ARGS)
 
+# Ansible roles (ansible/) proven by molecule (molecule/, see molecule/README.md).
+# `molecule`: lint, then every scenario: default (a systemd container, minutes),
+# vm and vm-nodisks (qemu VMs under software emulation, slower).
+APPLIANCE_VENV ?= .venv-appliance
+APPLIANCE_BIN := $(CURDIR)/$(APPLIANCE_VENV)/bin
+MOLECULE := PATH=$(APPLIANCE_BIN):$$PATH molecule
+
+.PHONY: appliance-tools lint-ansible molecule molecule-default molecule-vm molecule-vm-nodisks
+
+appliance-tools: host
+	bash scripts/setup-appliance-tools.sh
+
+lint-ansible: appliance-tools
+	$(APPLIANCE_BIN)/yamllint -c .yamllint.yml ansible molecule
+	PATH=$(APPLIANCE_BIN):$$PATH ansible-lint --profile production ansible/ molecule/
+	cd ansible && $(APPLIANCE_BIN)/ansible-playbook --syntax-check site.yml
+
+molecule-default: appliance-tools
+	bash scripts/build-systemd-image.sh
+	$(MOLECULE) test -s default
+
+molecule-vm: appliance-tools
+	bash scripts/build-vm-image.sh
+	$(MOLECULE) test -s vm
+
+molecule-vm-nodisks: appliance-tools
+	bash scripts/build-vm-image.sh
+	$(MOLECULE) test -s vm-nodisks
+
+molecule: lint-ansible molecule-default molecule-vm molecule-vm-nodisks
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis var
