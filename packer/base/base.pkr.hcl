@@ -4,8 +4,10 @@
 
 locals {
   stamp      = formatdate("YYYYMMDDhhmmss", timestamp())
+  container  = "packer-${var.image_name}-${local.stamp}"
   vm_ssh_key = var.vm_ssh_key != "" ? var.vm_ssh_key : "${var.vm_image_dir}/id_ed25519"
   qemu_out   = "${var.output_dir}/qemu-${var.image_name}"
+  boot_dir   = "${var.image_name}-boot"
 }
 
 source "docker" "debian12" {
@@ -14,7 +16,7 @@ source "docker" "debian12" {
   commit = true
   # systemd as PID 1, as on a host: the roles enable and start services.
   run_command = [
-    "-d", "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
+    "-d", "--name", local.container, "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp",
     "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
     "{{.Image}}", "/lib/systemd/systemd",
   ]
@@ -91,6 +93,21 @@ build {
   ]
 
   provisioner "ansible" {
+    only          = ["docker.debian12"]
+    command       = var.ansible_playbook
+    playbook_file = "${path.root}/../playbooks/base.yml"
+    user          = "root"
+    ansible_env_vars = [
+      "ANSIBLE_CONFIG=${path.root}/../ansible.cfg",
+    ]
+    # Ansible's docker connection into the build container, for this host only
+    # (Packer's SSH proxy over `docker exec` loses directory copies).
+    inventory_file_template = "{{ .HostAlias }} ansible_host=${local.container} ansible_connection=community.docker.docker ansible_user=root\n"
+    extra_arguments         = concat([], var.ansible_extra_vars)
+  }
+
+  provisioner "ansible" {
+    except        = ["docker.debian12"]
     command       = var.ansible_playbook
     playbook_file = "${path.root}/../playbooks/base.yml"
     user          = "root"
@@ -105,14 +122,18 @@ build {
 
   # The VM boots the kernel found in its image: hand the current one to the app build.
   provisioner "shell" {
-    only   = ["qemu.debian12"]
-    inline = ["mkdir -p /tmp/boot", "cp \"$(ls /boot/vmlinuz-* | sort -V | tail -n 1)\" /tmp/boot/vmlinuz", "cp \"$(ls /boot/initrd.img-* | sort -V | tail -n 1)\" /tmp/boot/initrd.img"]
+    only = ["qemu.debian12"]
+    inline = [
+      "rm -rf /tmp/${local.boot_dir} && mkdir -p /tmp/${local.boot_dir}",
+      "cp \"$(ls /boot/vmlinuz-* | sort -V | tail -n 1)\" /tmp/${local.boot_dir}/vmlinuz",
+      "cp \"$(ls /boot/initrd.img-* | sort -V | tail -n 1)\" /tmp/${local.boot_dir}/initrd.img",
+    ]
   }
   provisioner "file" {
     only        = ["qemu.debian12"]
     direction   = "download"
-    source      = "/tmp/boot/"
-    destination = "${local.qemu_out}-boot/"
+    source      = "/tmp/${local.boot_dir}"
+    destination = "${var.output_dir}/"
   }
 
   post-processor "docker-tag" {
