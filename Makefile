@@ -47,7 +47,7 @@ bench: test-images venv
 PACKER := PACKER_CACHE_DIR=$(CURDIR)/build/packer_cache CHECKPOINT_DISABLE=1 packer
 PACKER_BUILD := $(PACKER) build -color=false -timestamp-ui -force
 
-.PHONY: packer-tools packer-validate vm-image images vm-images images-test
+.PHONY: packer-tools packer-validate vm-image images vm-images images-test vm-images-test
 
 packer-tools:
 	bash scripts/setup-packer-tools.sh
@@ -70,9 +70,13 @@ vm-images: vm-image
 	$(PACKER_BUILD) -only=qemu.debian12 packer/base
 	$(PACKER_BUILD) -only=qemu.debian12 packer/app
 
-# Runs the docker app image and boots the qemu app image (both built above).
-images-test: images vm-images venv
-	$(PY) -m pytest tests/appliance/test_images.py $(PYTEST_ARGS)
+# images-test runs the docker app image; vm-images-test boots the qemu app
+# image (slow: software emulation). Each builds its images first.
+images-test: images venv
+	$(PY) -m pytest tests/appliance/test_images.py -k docker_app $(PYTEST_ARGS)
+
+vm-images-test: vm-images venv
+	$(PY) -m pytest tests/appliance/test_images.py -k vm_ $(PYTEST_ARGS)
 
 # Ansible roles (ansible/) proven by molecule (molecule/, see molecule/README.md).
 # `molecule`: lint, then every scenario: default (a systemd container, minutes),
