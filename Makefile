@@ -35,11 +35,9 @@ unit: venv
 integration: test-images venv
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-# Figures, not tests: each script prints its own table (see bench/*.py).
+# Figures, not tests: every bench script, one table, bench/results/latest.json (bench/README.md).
 bench: test-images venv
-	$(PY) bench/run_task.py
-	$(PY) bench/upload.py
-	$(PY) bench/log_capture.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 # Packer images (packer/README.md) and the Debian VM image they and molecule's
 # vm scenario boot. `images`: docker base then app; `vm-images`: qemu base then

@@ -10,8 +10,6 @@ same log the same way through the Docker engine. Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,8 +18,10 @@ from pathlib import Path
 
 import docker
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "integration"))  # the suite's peak-RSS launcher
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_json_arg, emit, row, use_test_helpers  # noqa: E402
+
+use_test_helpers()  # the suite's peak-RSS launcher
 
 from support import BUSYBOX, run_measuring_peak_rss  # noqa: E402
 
@@ -45,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    add_json_arg(parser)
     args = parser.parse_args()
     size = args.size_mib << 20
     client = docker.from_env(timeout=600)
@@ -77,19 +77,15 @@ def main() -> None:
 
     if sizes["docker logs -t -f"] != sizes["farmhand capture"]:
         print(f"WARNING: sizes differ: {sizes}", file=sys.stderr)
-    base = statistics.median(samples["docker logs -t -f"])
-    rows = []
-    print(f"capture {args.size_mib} MiB, {args.runs} runs   median s   min s   max s    MB/s  vs docker logs")
-    for name, runs in samples.items():
-        med = statistics.median(runs)
-        row = {"figure": f"log capture {args.size_mib} MiB", "name": name, "median_s": med, "min_s": min(runs), "max_s": max(runs),
-               "mb_per_s": sizes[name] / med / 1e6, "ratio": base / med}
-        rows.append(row)
-        print(f"{name:<28} {med:9.3f} {min(runs):7.3f} {max(runs):7.3f} {row['mb_per_s']:7.0f}  {row['ratio']:13.2f}x")
-    print(f"farmhand capture peak RSS: {max(peaks) / 1024:.1f} MiB (target < 100 MiB)")
-    rows.append({"figure": "log capture peak RSS", "name": "farmhand capture", "peak_rss_mib": max(peaks) / 1024})
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    mb = {name: sizes[name] / 1e6 for name in samples}
+    rates = {name: [mb[name] / t for t in runs] for name, runs in samples.items()}
+    rows = [
+        row(f"log capture {args.size_mib} MiB", rates["farmhand capture"], unit="MB/s", higher_is_better=True,
+            baseline="docker logs -t -f > file", baseline_samples=rates["docker logs -t -f"], target=">= 0.9"),
+        row("log capture peak RSS", [p / 1024 for p in peaks], unit="MiB", target="<= 100",
+            note="the capturing process (docker_logs + logpump), alone"),
+    ]
+    emit(rows, args.json)
 
 
 if __name__ == "__main__":

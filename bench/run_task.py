@@ -2,59 +2,61 @@
 
 Not a test: it prints figures (median, min, max over N runs, and the ratio),
 measured in the same run on the same image. Usage:
-    .venv/bin/python bench/run_task.py [--runs 15]
+    .venv/bin/python bench/run_task.py [--runs 15] [--networks none,bridge] [--json OUT.json]
+
+The engine runs in this process (no broker): bench/dispatch.py measures the
+same through `farmhand worker` and a broker. `network: none` skips the
+per-task bridge network farmhand creates and removes; `bridge` (the task
+default) includes it, against docker's default bridge.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
-from farmhand.config import load_config
-from farmhand.engine import Engine, connect_docker
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_json_arg, emit, row, timed  # noqa: E402
+from farmhand.config import load_config  # noqa: E402
+from farmhand.engine import Engine, connect_docker  # noqa: E402
 
 IMAGE = "farmhand-test/busybox:latest"
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--networks", default="none,bridge")
+    add_json_arg(parser)
     args = parser.parse_args()
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "config.yml"
         cfg_path.write_text(json.dumps({"working_dir": tmp}))
         config = load_config(cfg_path, environ={})
         client = connect_docker(config)
-        task = {"image": IMAGE, "pull": "never", "command": ["echo", "hello"], "max_run_time": 60}
+        for net in args.networks.split(","):
+            task = {"image": IMAGE, "pull": "never", "command": ["echo", "hello"], "max_run_time": 60, "network": net}
 
-        def farmhand_once() -> None:
-            result = Engine(config, client).run(dict(task))
-            assert result.state == "succeeded", result.message
+            def farmhand_once() -> None:
+                result = Engine(config, client).run(dict(task))
+                assert result.state == "succeeded", result.message
 
-        def docker_once() -> None:
-            subprocess.run(["docker", "run", "--rm", IMAGE, "echo", "hello"], check=True, capture_output=True)
+            def docker_once() -> None:
+                subprocess.run(["docker", "run", "--rm", "--network", net, IMAGE, "echo", "hello"], check=True, capture_output=True)
 
-        farmhand_once(), docker_once()  # warm both paths
-        rows = {"docker run --rm": [], "farmhand engine": []}
-        for _ in range(args.runs):  # interleaved, so drift hits both alike
-            rows["docker run --rm"].append(timed(docker_once))
-            rows["farmhand engine"].append(timed(farmhand_once))
-    base = statistics.median(rows["docker run --rm"])
-    print(f"{'trivial task':<18} {'median s':>9} {'min s':>7} {'max s':>7} {'ratio':>6}")
-    for name, samples in rows.items():
-        med = statistics.median(samples)
-        print(f"{name:<18} {med:9.3f} {min(samples):7.3f} {max(samples):7.3f} {med / base:6.2f}x")
+            farmhand_once(), docker_once()  # warm both paths
+            samples: dict[str, list[float]] = {"docker": [], "farmhand": []}
+            for _ in range(args.runs):  # interleaved, so drift hits both alike
+                samples["docker"].append(timed(docker_once))
+                samples["farmhand"].append(timed(farmhand_once))
+            rows.append(row(f"trivial task, engine in-process, network {net}", samples["farmhand"],
+                            baseline=f"docker run --rm --network {net}", baseline_samples=samples["docker"], target="<= 1.10"))
+    emit(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ file, to the same server. Each run includes connecting and authenticating,
 for both; farmhand's also includes what makes its upload trustworthy (sha256
 of the bytes sent, remote size check, sidecar, rename). The `sftp -b -c
 aes128-gcm` row uses the cipher farmhand picks, for comparison. Usage:
-    .venv/bin/python bench/upload.py [--size-mib 1024] [--runs 3]
+    .venv/bin/python bench/upload.py [--size-mib 1024] [--runs 3] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "integration"))  # the test suite's sshd launcher and helpers
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_json_arg, emit, row, timed, use_test_helpers  # noqa: E402
+
+use_test_helpers()  # the test suite's sshd launcher and helpers
 
 from farmhand import keys  # noqa: E402
 from farmhand.config import load_config  # noqa: E402
@@ -33,16 +33,11 @@ from sshd import Sshd  # noqa: E402
 from support import random_file  # noqa: E402
 
 
-def timed(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
+    add_json_arg(parser)
     args = parser.parse_args()
     size = args.size_mib << 20
     with tempfile.TemporaryDirectory(prefix="farmhand-bench-", dir="/var/tmp") as tmp_name:
@@ -103,11 +98,16 @@ def main() -> None:
                 assert hashlib.file_digest(fh, "sha256").hexdigest() == sha, "the uploaded copy differs"
         finally:
             server.stop()
-    base = size / statistics.median(samples["sftp -b"])
-    print(f"upload {args.size_mib} MiB, {args.runs} runs  {'median s':>9} {'min s':>7} {'max s':>7} {'MB/s':>7} {'vs sftp -b':>10}")
-    for name, times in samples.items():
-        rate = size / statistics.median(times)
-        print(f"{name:<28} {statistics.median(times):9.3f} {min(times):7.3f} {max(times):7.3f} {rate / 1e6:7.0f} {rate / base:9.2f}x")
+    mb = args.size_mib * (1 << 20) / 1e6
+    rates = {name: [mb / t for t in times] for name, times in samples.items()}
+    rows = [
+        row(f"upload {args.size_mib} MiB over SFTP", rates["farmhand sftp://"], unit="MB/s", higher_is_better=True,
+            baseline="sftp -b", baseline_samples=rates["sftp -b"], target=">= 1.0",
+            note="each run connects and authenticates; farmhand's also hashes, checks the remote size, writes a sidecar, renames"),
+        row(f"upload {args.size_mib} MiB over SFTP (same cipher)", rates["farmhand sftp://"], unit="MB/s", higher_is_better=True,
+            baseline="sftp -b -c aes128-gcm", baseline_samples=rates["sftp -b -c aes128-gcm"]),
+    ]
+    emit(rows, args.json)
 
 
 if __name__ == "__main__":
