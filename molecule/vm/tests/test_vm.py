@@ -1,7 +1,7 @@
 """What site.yml must leave on a real kernel (molecule vm scenario).
 
 A Debian 12 qemu VM with two blank 2G disks (vdb, vdc) and the loopback
-devices enabled (2 video, 2 audio cards): everything the container scenario
+devices enabled (2 video, 2 audio cards of 4 substreams): everything the container scenario
 cannot prove, LVM and kernel modules first.
 """
 
@@ -58,7 +58,7 @@ def test_worker_dir_on_the_volume(host):
 def test_snd_aloop_loaded_with_the_configured_options(host):
     assert host.file("/sys/module/snd_aloop").is_directory
     assert host.file("/sys/module/snd_aloop/parameters/index").content_string.startswith("10,11,")
-    assert host.file("/sys/module/snd_aloop/parameters/pcm_substreams").content_string.startswith("8,8,")
+    assert host.file("/sys/module/snd_aloop/parameters/pcm_substreams").content_string.startswith("4,4,")
     cards = host.file("/proc/asound/cards").content_string
     assert " 10 [Loopback" in cards and " 11 [Loopback" in cards
 
