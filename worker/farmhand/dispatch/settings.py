@@ -11,14 +11,18 @@ import ssl
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.utils.url import maybe_sanitize_url
 
 from farmhand.config import WorkerConfig
-from farmhand.dispatch import sqlite_transport
 from farmhand.errors import ConfigError
 
 TASK_NAME = "farmhand.run_task"
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "redis": 6379, "rediss": 6379}
+EMBEDDED_SCHEME = "farmhand"  # farmhand+sqlite:///PATH, the embedded broker
+
+# By name, so SQLAlchemy (about 28 MiB) is loaded only by a worker that uses the embedded broker.
+TRANSPORT_ALIASES.setdefault(EMBEDDED_SCHEME, "farmhand.dispatch.sqlite_transport:Transport")
 
 
 def broker_url(config: WorkerConfig) -> str:
@@ -34,7 +38,7 @@ def broker_url(config: WorkerConfig) -> str:
         if b.transport == "redis" and vhost and not vhost.isdigit():
             raise ConfigError(f"broker.vhost: {b.vhost!r} must be a Redis database number for a Redis broker")
         return _with_credentials(f"{scheme}://{b.host}:{port}/{vhost}", b.username, b.password)
-    return f"{sqlite_transport.SCHEME}+sqlite:///{config.working_dir / 'broker.sqlite'}"
+    return f"{EMBEDDED_SCHEME}+sqlite:///{config.working_dir / 'broker.sqlite'}"
 
 
 def result_backend(config: WorkerConfig) -> str:

@@ -10,11 +10,8 @@ SQLite table costs next to nothing (bench/dispatch.py measures both).
 
 from __future__ import annotations
 
-from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport.sqlalchemy import Channel as SQLChannel
 from kombu.transport.sqlalchemy import Transport as SQLTransport
-
-SCHEME = "farmhand"  # URLs farmhand+sqlite:///PATH
 
 
 class Channel(SQLChannel):
@@ -25,5 +22,3 @@ class Transport(SQLTransport):
     Channel = Channel
     polling_interval = 0.1  # kombu's virtual Transport.drain_events reads it here, not on the channel
 
-
-TRANSPORT_ALIASES.setdefault(SCHEME, f"{__name__}:Transport")
