@@ -136,7 +136,7 @@ build {
   provisioner "file" {
     only        = ["qemu.debian12"]
     direction   = "download"
-    source      = "/tmp/${local.boot_dir}"
+    source      = "/tmp/${local.boot_dir}/"
     destination = "${var.output_dir}/"
   }
 
