@@ -110,14 +110,15 @@ def main():
             # lsblk reads /sys: in a container it lists the host's disks,
             # which have no node here and are not ours to touch.
             skipped.append("%s: no device node here" % path)
+        elif vg == p["vg"]:
+            # Ours from an earlier run: its LV is mounted, which is expected.
+            disks.append(path)
         elif mounted:
             skipped.append("%s: mounted (%s)" % (path, ", ".join(mounted)))
         elif str(dev.get("ro")) in ("1", "True", "true"):
             skipped.append("%s: read-only" % path)
         elif vg is not None and vg != p["vg"]:
             skipped.append("%s: physical volume of another volume group (%s)" % (path, vg or "none"))
-        elif vg == p["vg"]:
-            disks.append(path)
         elif dev.get("children"):
             skipped.append("%s: has partitions or holders" % path)
         elif dev.get("fstype") and not p["allow_signatures"]:
