@@ -24,7 +24,7 @@ def test_no_volume_group_and_nothing_mounted(host):
 
 def test_root_disk_left_alone(host):
     # Only the root disk exists (it matches the vd* pattern): still ext4 on /, no PV label.
-    assert host.check_output("lsblk -dn -o NAME") == "vda"
+    assert host.check_output("lsblk -dn -o NAME | grep '^vd'") == "vda"
     assert host.mount_point("/").device == "/dev/vda"
     assert host.check_output("blkid -o value -s TYPE /dev/vda") == "ext4"
 
