@@ -25,17 +25,7 @@ PINS=(
   "jmespath"
 )
 
-pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-need=()
-for pkg in debootstrap qemu-system-x86 qemu-utils e2fsprogs openssh-client python3-venv; do
-  pkg_installed "$pkg" || need+=("$pkg")
-done
-if ((${#need[@]})); then
-  echo "setup-appliance-tools: installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=600 update -qq
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+bash "$(dirname "$0")/apt-ensure.sh" setup-appliance-tools debootstrap qemu-system-x86 qemu-utils e2fsprogs openssh-client python3-venv
 
 stamp="$VENV/.installed"
 want=$(printf '%s\n' "${PINS[@]}")

@@ -4,19 +4,10 @@
 # Idempotent: a second run installs and starts nothing.
 set -euo pipefail
 
-need=()
 have() { command -v "$1" >/dev/null 2>&1; }
-pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
-for pkg in docker.io busybox-static debootstrap docker-registry apache2-utils python3-venv python3-pip make openssh-server rabbitmq-server redis-server; do
-  pkg_installed "$pkg" || need+=("$pkg")
-done
-if ((${#need[@]})); then
-  echo "setup-host: installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+bash "$(dirname "$0")/apt-ensure.sh" setup-host docker.io busybox-static debootstrap docker-registry apache2-utils \
+  python3-venv python3-pip make openssh-server rabbitmq-server redis-server
 
 docker_ok() { timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 if ! docker_ok; then

@@ -10,14 +10,4 @@ set -euo pipefail
 pkgs=(packer qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-client)
 [ "${1:-}" = --no-vagrant ] || pkgs+=(vagrant)
 
-pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-need=()
-for pkg in "${pkgs[@]}"; do
-  pkg_installed "$pkg" || need+=("$pkg")
-done
-if ((${#need[@]})); then
-  echo "setup-packer-tools: installing ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get -o DPkg::Lock::Timeout=600 update -qq
-  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+bash "$(dirname "$0")/apt-ensure.sh" setup-packer-tools "${pkgs[@]}"
