@@ -7,6 +7,7 @@ every line names what was checked and, on failure, what is wrong.
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from typing import Iterator
 
 from farmhand.config import WorkerConfig, load_config
@@ -25,6 +26,7 @@ def checks(config_path: str | None = None) -> Iterator[Check]:
     yield ("config", True, config.source)
     yield _working_dir(config)
     yield _docker(config)
+    yield _cgroups()
     yield _broker(config)
     yield _sftp(config)
 
@@ -48,6 +50,46 @@ def _docker(config: WorkerConfig) -> Check:
     except (ConfigError, Exception) as exc:  # noqa: BLE001 - any failure is the answer
         return ("docker", False, str(exc))
     return ("docker", True, f"Docker engine {version}")
+
+
+def missing_cgroup_controllers(proc_cgroups: str, mountinfo: str) -> list[str]:
+    """Enabled cgroup v1 controllers that no mount in this namespace serves.
+
+    containerd's shim loads every controller of a container's cgroup; when one
+    is not mounted it gives up, never watches for OOM kills, and Docker reports
+    a container the kernel killed for memory as an ordinary exit 137. A cgroup
+    v2-only host has no v1 controllers in use and so nothing missing.
+    """
+    mounted: set[str] = set()
+    for line in mountinfo.splitlines():
+        _, sep, tail = line.partition(" - ")
+        fields = tail.split()
+        if sep and len(fields) >= 3 and fields[0] == "cgroup":
+            mounted.update(fields[2].split(","))
+    missing = []
+    for line in proc_cgroups.splitlines():
+        fields = line.split()
+        if line.startswith("#") or len(fields) < 4:
+            continue
+        name, hierarchy, enabled = fields[0], fields[1], fields[3]
+        if enabled == "1" and hierarchy != "0" and name not in mounted:
+            missing.append(name)
+    return missing
+
+
+def _cgroups() -> Check:
+    try:
+        missing = missing_cgroup_controllers(Path("/proc/cgroups").read_text(), Path("/proc/self/mountinfo").read_text())
+    except OSError as exc:
+        return ("cgroups", True, f"not checked: {exc}")
+    if missing:
+        return (
+            "cgroups",
+            False,
+            f"cgroup v1 controllers {','.join(missing)} are enabled but not mounted: Docker cannot see OOM kills "
+            "(mount them under /sys/fs/cgroup, as cgroupfs-mount does)",
+        )
+    return ("cgroups", True, "every enabled cgroup controller is mounted")
 
 
 def _broker(config: WorkerConfig) -> Check:
