@@ -101,7 +101,10 @@ class Bench:
         dc = docker.from_env()
         for c in dc.containers.list(all=True, filters={"label": TASK_LABEL}):  # only ours: others may share the host
             if c.labels.get(TASK_LABEL) in self.task_ids:
+                nets = [n for n in c.attrs["NetworkSettings"]["Networks"] if n.startswith("farmhand-net-")]
                 sandbox.cleanup(dc, c.labels[TASK_LABEL])
+                for net in nets:
+                    dc.networks.get(net).remove()
         if self.rabbit is not None:
             self.rabbit.stop()
 

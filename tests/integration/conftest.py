@@ -17,6 +17,7 @@ import yaml
 
 from farmhand.config import WorkerConfig, load_config
 from farmhand.engine import Engine
+from farmhand.network_pool import POOL_LABEL
 from farmhand.result import Result
 from farmhand.sandbox import TASK_LABEL
 from support import BUSYBOX, Recorder, free_port, wait_for_port
@@ -37,7 +38,7 @@ def client() -> docker.DockerClient:
 
 def _owned(client: docker.DockerClient) -> tuple[list[str], list[str], set[str]]:
     containers = [c.name for c in client.containers.list(all=True, filters={"label": TASK_LABEL})]
-    networks = [n.name for n in client.networks.list(filters={"label": TASK_LABEL})]
+    networks = [n.name for n in client.networks.list(filters={"label": POOL_LABEL})]
     volumes = {v.name for v in client.volumes.list()}
     return containers, networks, volumes
 

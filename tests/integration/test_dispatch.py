@@ -23,6 +23,7 @@ from dispatch_support import RabbitMQ, Redis, WorkerProcess, counted_task, runs_
 from farmhand.client import Client
 from farmhand import sandbox
 from farmhand.config import load_config
+from farmhand.network_pool import POOL_LABEL
 from farmhand.sandbox import TASK_LABEL
 from support import BUSYBOX
 
@@ -65,8 +66,13 @@ class Farm:
         for w in self.workers:
             w.stop()
         docker_client = docker.from_env()
+        left_networks: set[str] = set()
         for c in docker_client.containers.list(all=True, filters={"label": TASK_LABEL}):
+            left_networks.update(c.attrs["NetworkSettings"]["Networks"])
             sandbox.cleanup(docker_client, c.labels[TASK_LABEL])
+        for net in docker_client.networks.list(filters={"label": POOL_LABEL}):
+            if net.name in left_networks:  # a left container's network, not an idle one the worker should have removed
+                net.remove()
 
 
 @pytest.fixture
@@ -242,7 +248,7 @@ def test_kill_9_in_each_stage_gives_exactly_one_result_and_no_orphan(stage: str,
         task = counted_task(counter, seconds=1, network="bridge")
         task["services"] = [{"name": "db", "image": BUSYBOX, "command": ["sh", "-c", "sleep 3; touch /ready; sleep 600"], "readiness": {"command": ["test", "-e", "/ready"], "timeout": 60, "interval": 0.2}}]
     elif stage == "run":
-        task = counted_task(counter, seconds=6)
+        task = counted_task(counter, seconds=6, network="bridge")  # its pooled network goes back after the resume
     else:
         task = counted_task(counter, seconds=0)
         task["command"][-1] += "; head -c 400000000 /dev/zero > /big.bin"
@@ -267,7 +273,7 @@ def test_sigterm_leaves_the_task_running_and_the_next_start_adopts_it(redis_farm
     worker = redis_farm.worker(concurrency=1)
     fh = redis_farm.client()
     counter = f"term-{uuid.uuid4().hex[:8]}"
-    handle = fh.submit(counted_task(counter, seconds=5))
+    handle = fh.submit(counted_task(counter, seconds=5, network="bridge"))
     wait_until(lambda: client.containers.list(filters={"label": f"{TASK_LABEL}={handle.task_id}"}), 60, "the task's container")
     worker.signal(signal.SIGTERM)
     assert worker.wait(20) == 0

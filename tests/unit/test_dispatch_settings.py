@@ -24,7 +24,7 @@ def config(tmp_path: Path, doc: dict | None = None, **env: str):
 def test_no_broker_configured_means_the_embedded_sqlite_broker_and_store(tmp_path):
     cfg = config(tmp_path)
     assert settings.broker_url(cfg) == f"farmhand+sqlite:///{tmp_path}/work/broker.sqlite"
-    assert settings.result_backend(cfg) == f"db+sqlite:///{tmp_path}/work/results.sqlite"
+    assert settings.result_backend(cfg) == f"farmhand-files+file://{tmp_path}/work/results"
     assert settings.is_embedded(cfg)
     conf = settings.celery_settings(cfg)
     assert conf["worker_enable_remote_control"] is False and conf["worker_send_task_events"] is False

@@ -262,6 +262,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return run_worker(config, node, loglevel="DEBUG" if args.verbose else "INFO")
     finally:
         node.stop_housekeeping()
+        node.close_networks()
 
 
 def _client(args: argparse.Namespace) -> Any:

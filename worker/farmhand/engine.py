@@ -36,6 +36,7 @@ from farmhand.errors import Cancelled, ConfigError, PolicyDenied, TaskProblem, U
 from farmhand.events import NullReporter, Reporter
 from farmhand.images import ensure_image
 from farmhand.masking import mask_text
+from farmhand.network_pool import NetworkPool
 from farmhand.result import Result, write_json_atomic
 from farmhand.task import Task, parse_task
 from farmhand.uploaders import UploadItem, uploader_for
@@ -53,6 +54,10 @@ def connect_docker(config: WorkerConfig) -> docker.DockerClient:
             client = docker.DockerClient(base_url=config.docker_base_url, timeout=int(config.docker_timeout))
         else:
             client = docker.from_env(timeout=int(config.docker_timeout))
+        if client.api.base_url.startswith("http+docker://"):
+            # A Unix socket has no proxy and no netrc: without this, requests scans the
+            # environment and looks for ~/.netrc on each of a task's dozen API calls.
+            client.api.trust_env = False
         client.ping()
     except DockerException as exc:
         where = config.docker_base_url or "DOCKER_HOST or /var/run/docker.sock"
@@ -63,10 +68,19 @@ def connect_docker(config: WorkerConfig) -> docker.DockerClient:
 class Engine:
     """Runs one task; make one per task (cancellation is per engine)."""
 
-    def __init__(self, config: WorkerConfig, client: docker.DockerClient, reporter: Reporter | None = None) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        client: docker.DockerClient,
+        reporter: Reporter | None = None,
+        networks: NetworkPool | None = None,
+    ) -> None:
         self.config = config
         self.client = client
         self.reporter: Reporter = reporter or NullReporter()
+        # A worker shares one pool between its engines; alone, an engine creates and removes its network.
+        self.networks = networks or NetworkPool(client, owner="farmhand")
+        self._network: str | None = None
         self._cancel = threading.Event()
         self._cancel_reason = "cancelled"
 
@@ -135,7 +149,7 @@ class Engine:
                 write_json_atomic(workspace / "task.json", task.redacted())
                 rec["upload_target"] = target
                 owns_docker_objects = True
-                options = self._prepare_docker(task, result)
+                options = self._prepare_docker(task, result, workspace, target)
             self._check_cancelled()
             self._checkpoint(workspace, result, "run", target)
             with self._stage(result, "run"):
@@ -162,20 +176,21 @@ class Engine:
         if done.exists():
             return json.loads(done.read_text(encoding="utf-8"))
         mark = workspace / CHECKPOINT_NAME
-        if not mark.exists():  # it died in prepare: nothing ran, so start over
-            sandbox.cleanup(self.client, task_id)
+        saved = json.loads(mark.read_text(encoding="utf-8")) if mark.exists() else {"phase": "prepare"}
+        self._network = saved.get("network")
+        phase = saved["phase"]
+        if phase == "prepare":  # it died in prepare: nothing ran, so start over
+            self._discard_docker_objects(task_id)
             return self.run(document, task_id=task_id).to_dict()
-        saved = json.loads(mark.read_text(encoding="utf-8"))
         result = Result(**saved["result"])
         target = saved["target"]
-        phase = saved["phase"]
         task: Task | None = None
         try:
             task = parse_task(document, task_id=task_id)
             if phase in ("run", "collect"):
                 container = sandbox.find_task_container(self.client, task_id)
                 if container is None and phase == "run":  # it died before creating the container
-                    sandbox.cleanup(self.client, task_id)
+                    self._discard_docker_objects(task_id)
                     shutil.rmtree(workspace)
                     return self.run(document, task_id=task_id).to_dict()
                 if container is None:
@@ -196,6 +211,13 @@ class Engine:
         result.warnings.append(f"worker: this task was resumed after the worker restarted (in its {phase} stage)")
         return self._finish(task, workspace, target, result, cleanup=True).to_dict()
 
+    def _discard_docker_objects(self, task_id: str) -> None:
+        """Before a task starts over: what its earlier attempt made goes, its network back to the pool."""
+        sandbox.cleanup(self.client, task_id)
+        if self._network is not None:
+            self.networks.release(self._network)
+            self._network = None
+
     def _conclude_problem(self, result: Result, exc: Exception) -> None:
         """What ended a task early, as its result says it: the task's problem, Docker's, or a bug of ours."""
         if isinstance(exc, TaskProblem):
@@ -208,13 +230,19 @@ class Engine:
 
     def _checkpoint(self, workspace: Path, result: Result, phase: str, target: str | None) -> None:
         """Save how far the task got, so a worker killed now can resume it (see ``resume``)."""
-        write_json_atomic(workspace / CHECKPOINT_NAME, {"phase": phase, "target": target, "result": dataclasses.asdict(result)})
+        write_json_atomic(
+            workspace / CHECKPOINT_NAME,
+            {"phase": phase, "target": target, "network": self._network, "result": dataclasses.asdict(result)},
+        )
 
     def _finish(self, task: Task | None, workspace: Path | None, target: str | None, result: Result, *, cleanup: bool) -> Result:
         """Cleanup, upload, and the result on disk: the end every path goes through."""
         if cleanup and task is not None:
             with self._stage(result, "cleanup") as rec:
                 problems = sandbox.cleanup(self.client, task.task_id)
+                if self._network is not None:
+                    problems += self.networks.release(self._network)
+                    self._network = None
                 if problems:
                     rec["outcome"] = "error"
                     result.warnings.extend(f"cleanup: {p}" for p in problems)
@@ -239,7 +267,7 @@ class Engine:
         (ws / "artifacts").mkdir(parents=True, exist_ok=True)
         return ws
 
-    def _prepare_docker(self, task: Task, result: Result) -> dict[str, Any]:
+    def _prepare_docker(self, task: Task, result: Result, workspace: Path, target: str) -> dict[str, Any]:
         tid = task.task_id
 
         def pull(image: str, pull_policy: str) -> str:
@@ -251,7 +279,11 @@ class Engine:
         result.image = {"name": task.image, "id": pull(task.image, task.pull)}
         for svc in task.services:
             pull(svc.image, svc.pull)
-        network = sandbox.create_network(self.client, tid) if task.network == "bridge" else None
+        if task.network == "bridge":
+            self._network = self.networks.acquire()
+            # Saved at once, so a worker killed in prepare gives the network back when it starts over.
+            self._checkpoint(workspace, result, "prepare", target)
+        network = self._network
         volumes = sandbox.ensure_caches(self.client, task.caches)
         # Services get the same hardening as the task and the host's default limits.
         service_options = {**hardening(self.config), **resource_options(self.config.default_resources)}

@@ -1,5 +1,6 @@
-"""Everything a task owns on the Docker host besides its main container: its network,
-its helper services and its cache volumes; and the cleanup that removes all of it.
+"""Everything a task owns on the Docker host besides its main container: its helper
+services and its cache volumes; and the cleanup that removes its containers.
+(Its network comes from ``network_pool``.)
 
 Ownership is recorded as labels (``farmhand.task-id``), so cleanup and a later
 worker can find a task's objects from Docker alone, with no state of ours.
@@ -25,17 +26,8 @@ def task_labels(task_id: str, role: str) -> dict[str, str]:
     return {TASK_LABEL: task_id, ROLE_LABEL: role}
 
 
-def network_name(task_id: str) -> str:
-    return f"farmhand-{task_id}"
-
-
 def cache_volume_name(name: str) -> str:
     return f"farmhand-cache-{name}"
-
-
-def create_network(client: docker.DockerClient, task_id: str) -> str:
-    net = client.networks.create(network_name(task_id), driver="bridge", labels=task_labels(task_id, "network"), check_duplicate=True)
-    return net.name
 
 
 def ensure_caches(client: docker.DockerClient, caches: dict[str, str]) -> dict[str, dict[str, str]]:
@@ -108,32 +100,22 @@ def find_task_container(client: docker.DockerClient, task_id: str) -> Any | None
 
 
 def cleanup(client: docker.DockerClient, task_id: str) -> list[str]:
-    """Remove the task's containers (with their anonymous volumes) and network.
+    """Remove the task's containers (with their anonymous volumes).
 
     Runs whatever happened before; returns what could not be removed instead of
     raising, so a cleanup hiccup never hides the task's real outcome.
     """
     problems: list[str] = []
     try:
-        containers = client.containers.list(all=True, filters={"label": f"{TASK_LABEL}={task_id}"})
+        # Ids only: docker-py's containers.list inspects each one, a call per container for nothing.
+        ids = [c["Id"] for c in client.api.containers(all=True, quiet=True, filters={"label": f"{TASK_LABEL}={task_id}"})]
     except DockerException as exc:
         return [f"cannot list the task's containers: {exc}"]
-    for container in containers:
+    for cid in ids:
         try:
-            container.remove(force=True, v=True)
+            client.api.remove_container(cid, force=True, v=True)
         except NotFound:
             pass
         except APIError as exc:
-            problems.append(f"container {container.short_id}: {exc.explanation or exc}")
-    try:
-        networks = client.networks.list(filters={"label": f"{TASK_LABEL}={task_id}"})
-    except DockerException as exc:
-        return problems + [f"cannot list the task's networks: {exc}"]
-    for net in networks:
-        try:
-            net.remove()
-        except NotFound:
-            pass
-        except APIError as exc:
-            problems.append(f"network {net.name}: {exc.explanation or exc}")
+            problems.append(f"container {cid[:12]}: {exc.explanation or exc}")
     return problems

@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
 
@@ -31,9 +32,10 @@ from celery.worker import state as worker_state
 
 from farmhand import pending
 from farmhand.config import WorkerConfig
-from farmhand.dispatch import settings
+from farmhand.dispatch import settings, wake
 from farmhand.engine import Engine
 from farmhand.journal import Journal
+from farmhand.network_pool import NetworkPool
 from farmhand.result import Result
 
 log = logging.getLogger("farmhand.node")
@@ -105,6 +107,12 @@ class Node:
         self._events = bool(settings.celery_settings(config)["worker_send_task_events"])
         self._stop = threading.Event()
         self._retrier = pending.BackgroundRetrier(config)
+        self.networks = NetworkPool(client, owner=self.name, keep=self.slots)
+        self._wake_dir: Path | None = None
+        if settings.is_embedded(config):
+            from farmhand.dispatch.sqlite_transport import wake_directory
+
+            self._wake_dir = wake_directory(settings.broker_url(config))
 
     # -- delivery -------------------------------------------------------------------
     def accept(self, task_id: str, document: Any, context: dict[str, Any]) -> bool:
@@ -126,7 +134,7 @@ class Node:
             return False
 
     def execute(self, task_id: str, document: Any, context: dict[str, Any]) -> dict[str, Any]:
-        engine = Engine(self.config, self.client, StageReporter(self, task_id, context))
+        engine = Engine(self.config, self.client, StageReporter(self, task_id, context), self.networks)
         with self._running(task_id, engine):
             result = engine.run(document, task_id=task_id).to_dict()
             return self.conclude(task_id, result, context)
@@ -207,6 +215,9 @@ class Node:
             self._busy -= 1
             if self._consumer is not None and self._adjusts_prefetch():
                 self._consumer.qos.increment_eventually()
+        if self._wake_dir is not None:
+            # The consumer sleeps until a publish wakes it; a free slot must wake it too, to fetch what waits.
+            wake.notify(self._wake_dir, "consumer")
 
     @contextmanager
     def _running(self, task_id: str, engine: Engine) -> Iterator[None]:
@@ -226,6 +237,9 @@ class Node:
     # -- a restart ------------------------------------------------------------------
     def recover(self) -> int:
         """Carry on every task an earlier process of this node accepted and did not report. Returns how many."""
+        swept = self.networks.sweep()
+        if swept:
+            log.info("removed %d idle task network(s) an earlier process of this node left", swept)
         entries = self.journal.unreported()
         for entry in entries:
             if entry.result is not None:
@@ -233,7 +247,7 @@ class Node:
                 self._report_safely(entry.task_id, entry.result, entry.context)
                 continue
             log.info("resuming task %s (it was in its %s stage when the worker stopped)", entry.task_id, entry.stage)
-            engine = Engine(self.config, self.client, StageReporter(self, entry.task_id, entry.context))
+            engine = Engine(self.config, self.client, StageReporter(self, entry.task_id, entry.context), self.networks)
             with self._lock:
                 self._engines[entry.task_id] = engine
             self.take_slot()
@@ -284,14 +298,21 @@ class Node:
         while self.running():
             time.sleep(0.2)
         log.warning("drained (%d task(s) cancelled at the end of the grace); stopping", len(left))
+        self.close_networks()
         worker_state.should_stop = 0  # Celery's warm shutdown; nothing is left to wait for
 
     def detach(self) -> None:
         """SIGTERM: leave now; running containers stay for the next start to re-adopt (see ``recover``)."""
         left = self.running()
         log.warning("stopping without waiting: %d running task(s) left to the next start: %s", len(left), ", ".join(left) or "none")
+        self.close_networks()
         logging.shutdown()
         os._exit(0)
+
+    def close_networks(self) -> None:
+        """Idle task networks go with the worker; those of running tasks stay with their containers."""
+        for problem in self.networks.close():
+            log.warning("idle task network not removed: %s", problem)
 
     # -- housekeeping -------------------------------------------------------------------
     def start_housekeeping(self) -> None:

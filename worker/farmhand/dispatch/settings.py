@@ -11,6 +11,7 @@ import ssl
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from celery.app.backends import BACKEND_ALIASES
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.utils.url import maybe_sanitize_url
 
@@ -21,8 +22,10 @@ TASK_NAME = "farmhand.run_task"
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "redis": 6379, "rediss": 6379}
 EMBEDDED_SCHEME = "farmhand"  # farmhand+sqlite:///PATH, the embedded broker
 
+EMBEDDED_RESULTS = "farmhand-files"  # farmhand-files+file:///DIR, its result store
 # By name, so SQLAlchemy (about 28 MiB) is loaded only by a worker that uses the embedded broker.
 TRANSPORT_ALIASES.setdefault(EMBEDDED_SCHEME, "farmhand.dispatch.sqlite_transport:Transport")
+BACKEND_ALIASES.setdefault(EMBEDDED_RESULTS, "farmhand.dispatch.embedded_results:ResultStore")
 
 
 def broker_url(config: WorkerConfig) -> str:
@@ -50,7 +53,7 @@ def result_backend(config: WorkerConfig) -> str:
         return broker_url(config)
     if kind == "amqp":
         return "rpc://"
-    return f"db+sqlite:///{config.working_dir / 'results.sqlite'}"
+    return f"{EMBEDDED_RESULTS}+file://{config.working_dir / 'results'}"
 
 
 def transport_kind(url: str) -> str:

@@ -1,0 +1,103 @@
+"""Bridge networks for tasks, kept between tasks by a long-lived worker.
+
+dockerd takes about 45 ms to create a bridge network and about 165 ms to
+remove one (bridge and iptables teardown, serialised in the daemon): together
+more than the whole ``docker run`` of a trivial task, and the removal also caps
+how many tasks a host finishes per second. So a worker keeps up to ``keep``
+idle networks: a task takes one that no container uses and gives it back once
+its containers are removed. The isolation stays per task: a network serves one
+task at a time, and one that still holds a container after cleanup is never
+handed to another task.
+
+Networks carry the label ``farmhand.network=OWNER`` (the node's name), so a
+restarted worker finds what an earlier process of the same node left idle
+(``sweep``) and never touches another node's networks on the same engine.
+``keep=0`` (``farmhand run-task``) creates a network per task and removes it at
+cleanup.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import docker
+from docker.errors import DockerException, NotFound
+
+POOL_LABEL = "farmhand.network"
+
+
+class NetworkPool:
+    def __init__(self, client: docker.DockerClient, owner: str, keep: int = 0) -> None:
+        self.client, self.owner, self.keep = client, owner, keep
+        self._idle: list[str] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def acquire(self) -> str:
+        """A bridge network no container uses, for one task alone until ``release``."""
+        while True:
+            with self._lock:
+                name = self._idle.pop() if self._idle else None
+            if name is None:
+                return self._create()
+            try:
+                self.client.networks.get(name)  # an operator's `docker network prune` may have taken it
+            except NotFound:
+                continue
+            return name
+
+    def release(self, name: str) -> list[str]:
+        """Take a network back after its task's containers are removed; returns what went wrong, never raises."""
+        try:
+            in_use = self._in_use(name)
+        except DockerException as exc:
+            return [f"network {name}: cannot list its containers: {exc}"]
+        if not in_use:
+            with self._lock:
+                if not self._closed and len(self._idle) < self.keep:
+                    self._idle.append(name)
+                    return []
+        return self._remove(name)
+
+    def _in_use(self, name: str) -> bool:
+        """Whether any container, in any state, is attached. (A network's inspect lists only running ones:
+        a container created and not yet started, as a worker killed mid-run leaves one, would not count.)"""
+        return bool(self.client.api.containers(all=True, quiet=True, filters={"network": name}))
+
+    def close(self) -> list[str]:
+        """Remove the idle networks (the worker is stopping); networks in use stay with their tasks."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        problems: list[str] = []
+        for name in idle:
+            problems += self._remove(name)
+        return problems
+
+    def sweep(self) -> int:
+        """At start: remove this owner's networks that no container uses (an earlier process's idle ones).
+
+        Networks that still hold a container, even one never started, belong
+        to tasks the worker will resume; each is released when its task ends.
+        Returns how many were removed.
+        """
+        removed = 0
+        for net in self.client.api.networks(filters={"label": f"{POOL_LABEL}={self.owner}"}):
+            if not self._in_use(net["Name"]) and not self._remove(net["Name"]):
+                removed += 1
+        return removed
+
+    def _create(self) -> str:
+        name = f"farmhand-net-{uuid.uuid4().hex[:12]}"
+        self.client.networks.create(name, driver="bridge", labels={POOL_LABEL: self.owner}, check_duplicate=True)
+        return name
+
+    def _remove(self, name: str) -> list[str]:
+        try:
+            self.client.api.remove_network(name)
+        except NotFound:
+            pass
+        except DockerException as exc:
+            return [f"network {name}: {getattr(exc, 'explanation', None) or exc}"]
+        return []
