@@ -6,14 +6,16 @@ measured in the same run on the same image. Usage:
 
 The engine runs in this process (no broker): bench/dispatch.py measures the
 same through `farmhand worker` and a broker. `network: none` skips the
-per-task bridge network farmhand creates and removes; `bridge` (the task
-default) includes it, against docker's default bridge.
+task network; `bridge` (the task default) includes it, against docker's
+default bridge: created and removed per task as `farmhand run-task` does,
+and taken from a pool as `farmhand worker` does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_json_arg, emit, row, timed  # noqa: E402
 from farmhand.config import load_config  # noqa: E402
 from farmhand.engine import Engine, connect_docker  # noqa: E402
+from farmhand.network_pool import NetworkPool  # noqa: E402
 
 IMAGE = "farmhand-test/busybox:latest"
 
@@ -39,6 +42,8 @@ def main() -> None:
         cfg_path.write_text(json.dumps({"working_dir": tmp}))
         config = load_config(cfg_path, environ={})
         client = connect_docker(config)
+        # One engine alone (farmhand run-task) creates its task network and removes it; a worker keeps them.
+        pool = NetworkPool(client, owner=f"bench-{os.getpid()}", keep=1)
         for net in args.networks.split(","):
             task = {"image": IMAGE, "pull": "never", "command": ["echo", "hello"], "max_run_time": 60, "network": net}
 
@@ -46,16 +51,26 @@ def main() -> None:
                 result = Engine(config, client).run(dict(task))
                 assert result.state == "succeeded", result.message
 
+            def pooled_once() -> None:
+                result = Engine(config, client, networks=pool).run(dict(task))
+                assert result.state == "succeeded", result.message
+
             def docker_once() -> None:
                 subprocess.run(["docker", "run", "--rm", "--network", net, IMAGE, "echo", "hello"], check=True, capture_output=True)
 
-            farmhand_once(), docker_once()  # warm both paths
-            samples: dict[str, list[float]] = {"docker": [], "farmhand": []}
-            for _ in range(args.runs):  # interleaved, so drift hits both alike
+            farmhand_once(), pooled_once(), docker_once()  # warm every path
+            samples: dict[str, list[float]] = {"docker": [], "farmhand": [], "pooled": []}
+            for _ in range(args.runs):  # interleaved, so drift hits all alike
                 samples["docker"].append(timed(docker_once))
                 samples["farmhand"].append(timed(farmhand_once))
+                if net == "bridge":
+                    samples["pooled"].append(timed(pooled_once))
             rows.append(row(f"trivial task, engine in-process, network {net}", samples["farmhand"],
                             baseline=f"docker run --rm --network {net}", baseline_samples=samples["docker"], target="<= 1.10"))
+            if net == "bridge":
+                rows.append(row("trivial task, engine in-process, network bridge, pooled as in farmhand worker", samples["pooled"],
+                                baseline="docker run --rm --network bridge", baseline_samples=samples["docker"], target="<= 1.10"))
+        pool.close()
     emit(rows, args.json)
 
 
