@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -267,6 +268,31 @@ def test_kill_9_in_each_stage_gives_exactly_one_result_and_no_orphan(stage: str,
     assert results.count() == 1
     assert runs_of(client, counter) == 1
     assert client.containers.list(all=True, filters={"label": f"farmhand.task-id={task_id}"}) == []
+
+
+def test_kill_9_loses_no_task_the_embedded_broker_had_handed_over(farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
+    """A full node may hold one fetched task it has not journaled (the prefetch floor); SQLite keeps no
+    delivery timeout to give it back, so the next start must, and the task runs exactly once."""
+    farm = farm_factory({})
+    worker = farm.worker(concurrency=1)
+    fh = farm.client()
+    busy, waiting = f"busy-{uuid.uuid4().hex[:8]}", f"held-{uuid.uuid4().hex[:8]}"
+    first = fh.submit(counted_task(busy, seconds=4))
+    wait_until(lambda: first.state == "running", 60, "the first task to run")
+    second = fh.submit(counted_task(waiting))
+    broker = worker.working_dir / "broker.sqlite"
+    def handed_over() -> bool:  # the row is taken (invisible) while the task is in no journal
+        with sqlite3.connect(f"file:{broker}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT count(*) FROM kombu_message WHERE visible = 0").fetchone()[0] >= 1
+    wait_until(handed_over, 30, "the second task to be fetched by the busy node")
+    assert worker.journal_stage(second.task_id) is None
+    worker.kill9()
+    worker.start()
+    assert first.result(timeout=60)["state"] == "succeeded"
+    assert second.result(timeout=60)["state"] == "succeeded"
+    assert runs_of(client, busy) == 1 and runs_of(client, waiting) == 1
+    with sqlite3.connect(broker) as db:
+        assert db.execute("SELECT count(*) FROM kombu_message").fetchone()[0] == 0, "acknowledged messages are deleted"
 
 
 def test_sigterm_leaves_the_task_running_and_the_next_start_adopts_it(redis_farm: Farm, client) -> None:

@@ -237,6 +237,12 @@ class Node:
     # -- a restart ------------------------------------------------------------------
     def recover(self) -> int:
         """Carry on every task an earlier process of this node accepted and did not report. Returns how many."""
+        if self._wake_dir is not None:
+            from farmhand.dispatch.sqlite_transport import restore_unacknowledged
+
+            given_back = restore_unacknowledged(settings.broker_url(self.config))
+            if given_back:
+                log.info("%d task message(s) taken by an earlier process and never acknowledged are queued again", given_back)
         swept = self.networks.sweep()
         if swept:
             log.info("removed %d idle task network(s) an earlier process of this node left", swept)
