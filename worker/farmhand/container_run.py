@@ -88,12 +88,16 @@ def container_options(
     return opts
 
 
+STATS_DELAY = 0.5  # seconds a container runs before its usage is sampled
+
+
 class _UsageSampler:
     """Keeps the peaks of Docker's stats stream; stops by itself when the container does."""
 
-    def __init__(self, client: docker.DockerClient, container_id: str) -> None:
+    def __init__(self, client: docker.DockerClient, container_id: str, exited: threading.Event | None = None) -> None:
         self._client = client
         self._id = container_id
+        self._exited = exited
         self.peak_memory = 0
         self.cpu_ns = 0
         self.peak_pids = 0
@@ -105,6 +109,10 @@ class _UsageSampler:
         return self
 
     def _run(self) -> None:
+        # dockerd's first sample comes about a second after the request: a container that is gone
+        # within STATS_DELAY would give none, so its stats request (and dockerd's collector) is saved.
+        if self._exited is not None and self._exited.wait(STATS_DELAY):
+            return
         try:
             for s in self._client.api.stats(self._id, stream=True, decode=True):
                 mem = s.get("memory_stats") or {}
@@ -216,9 +224,8 @@ def supervise(
         config.log_max_bytes,
         masker,
     ).start()
-    sampler = _UsageSampler(client, container.id).start()
-
     exited = threading.Event()
+    sampler = _UsageSampler(client, container.id, exited).start()
     wait_result: dict[str, Any] = {}
 
     def _wait() -> None:
