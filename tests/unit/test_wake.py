@@ -75,3 +75,14 @@ def test_the_socket_of_a_dead_listener_is_removed_not_fatal(tmp_path: Path) -> N
 def test_notify_with_no_listener_does_nothing(tmp_path: Path) -> None:
     wake.notify(tmp_path, "consumer")
     assert not (tmp_path / "wake").exists()
+
+
+def test_where_no_socket_can_be_made_waiting_falls_back_to_sleeping(tmp_path: Path) -> None:
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the directory should be")
+    waiter = wake.listen(blocked, "results")
+    assert isinstance(waiter, wake.Sleeper)
+    started = time.monotonic()
+    assert waiter.wait(0.1) is False
+    assert time.monotonic() - started >= 0.09
+    waiter.close()

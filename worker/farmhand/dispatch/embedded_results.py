@@ -52,7 +52,7 @@ class ResultStore(FilesystemBackend):
         self, task_id: str, timeout: float | None = None, interval: float = 0.5, no_ack: bool = True, on_interval: Any = None
     ) -> dict[str, Any]:
         """Celery's poll loop, sleeping on a wake-up from the store instead of a fixed interval."""
-        listener = wake.Listener(self.directory, "results")
+        listener = wake.listen(self.directory, "results")
         try:
             started = monotonic()
             while True:

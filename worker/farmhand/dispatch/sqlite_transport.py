@@ -151,10 +151,10 @@ class Transport(SQLTransport):
                     raise socket.timeout() from None
                 listener.wait(min(SAFETY_POLL, left))
 
-    def _listener(self) -> wake.Listener:
-        listener: wake.Listener | None = getattr(self, "_wake", None)
+    def _listener(self) -> wake.Listener | wake.Sleeper:
+        listener: wake.Listener | wake.Sleeper | None = getattr(self, "_wake", None)
         if listener is None:
-            listener = self._wake = wake.Listener(wake_directory(self.client.hostname), "consumer")
+            listener = self._wake = wake.listen(wake_directory(self.client.hostname), "consumer")
         return listener
 
     def close_connection(self, connection: Any) -> None:

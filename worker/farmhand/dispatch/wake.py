@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -54,6 +55,25 @@ class Listener:
             (self.dir / self.name).unlink()
         except FileNotFoundError:
             pass
+
+
+class Sleeper:
+    """What a process waits on when it may not make a wake-up socket there (permissions): plain polling."""
+
+    def wait(self, timeout: float) -> bool:
+        time.sleep(max(timeout, 0))
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def listen(directory: Path, role: str) -> Listener | Sleeper:
+    """A wake-up socket for ``role``, or, where one cannot be made, a sleeper: wake-ups save latency, never tasks."""
+    try:
+        return Listener(directory, role)
+    except OSError:
+        return Sleeper()
 
 
 def notify(directory: Path, role: str) -> None:
