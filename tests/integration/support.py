@@ -37,6 +37,17 @@ def busybox_task(script: str, **fields: Any) -> dict[str, Any]:
     return doc
 
 
+def web_service(page_command: str) -> dict[str, Any]:
+    """A service named ``web`` serving on port 8080 the page that ``page_command`` writes to /www/index.html."""
+    return {
+        "name": "web",
+        "image": BUSYBOX,
+        "pull": "never",
+        "command": ["sh", "-c", f"mkdir -p /www && {page_command} > /www/index.html && exec httpd -f -p 8080 -h /www"],
+        "readiness": {"command": ["wget", "-q", "-O-", "http://127.0.0.1:8080/"], "timeout": 20, "interval": 0.2},
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -10,7 +10,7 @@ import pytest
 
 from farmhand.engine import Engine
 from farmhand.network_pool import POOL_LABEL, NetworkPool
-from support import BUSYBOX, busybox_task, read_log
+from support import BUSYBOX, busybox_task, read_log, web_service
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_a_pruned_idle_network_is_replaced(client, owner):
 
 def test_sweep_removes_only_this_owners_unused_networks(client, owner):
     earlier = NetworkPool(client, owner, keep=3)  # a process that died without closing its pool
-    idle, busy, created = earlier.acquire(), earlier.acquire(), earlier.acquire()
+    _idle, busy, created = earlier.acquire(), earlier.acquire(), earlier.acquire()
     other = NetworkPool(client, owner + "-other", keep=1)
     others = other.acquire()
     holder = client.containers.run(BUSYBOX, ["sleep", "60"], network=busy, detach=True)
@@ -92,13 +92,7 @@ def test_sweep_removes_only_this_owners_unused_networks(client, owner):
 
 def test_tasks_in_turn_reuse_one_network_and_their_services_resolve(client, config, owner):
     pool = NetworkPool(client, owner, keep=1)
-    web = {
-        "name": "web",
-        "image": BUSYBOX,
-        "pull": "never",
-        "command": ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"],
-        "readiness": {"command": ["wget", "-q", "-O-", "http://127.0.0.1:8080/"], "timeout": 20, "interval": 0.2},
-    }
+    web = web_service("hostname")
     seen = []
     for _ in range(2):
         result = Engine(config, client, networks=pool).run(busybox_task("wget -q -O- http://web:8080/", services=[web]))

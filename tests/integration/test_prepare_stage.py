@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from support import BUSYBOX, Recorder, busybox_task, read_log
+from support import BUSYBOX, Recorder, busybox_task, read_log, web_service
 
 
 def _log(result) -> str:
@@ -52,13 +52,7 @@ def test_missing_credentials_give_image_unavailable(run_task, registry):
 
 
 def test_service_is_reachable_by_name(run_task):
-    web = {
-        "name": "web",
-        "image": BUSYBOX,
-        "pull": "never",
-        "command": ["sh", "-c", "mkdir -p /www && echo pong-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"],
-        "readiness": {"command": ["wget", "-q", "-O-", "http://127.0.0.1:8080/"], "timeout": 20, "interval": 0.2},
-    }
+    web = web_service("echo pong-from-web")
     result = run_task(busybox_task("wget -q -O- http://web:8080/", services=[web]))
     assert result.state == "succeeded", result.message
     assert "pong-from-web" in _log(result)

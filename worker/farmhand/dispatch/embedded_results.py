@@ -24,7 +24,7 @@ from kombu.utils.encoding import ensure_bytes
 
 from farmhand.dispatch import wake
 
-SAFETY_POLL = 1.0  # seconds between polls when no wake-up comes
+SAFETY_POLL = wake.SAFETY_POLL
 
 
 class ResultStore(FilesystemBackend):

@@ -5,10 +5,6 @@ task waited about 50 ms for the worker to see it, and an idle worker spent
 2 % of a core polling. Here a publish wakes the consuming workers
 (``wake``), so they react at once, and the poll, kept as a safety net, runs
 once a second. Its result store is ``embedded_results``.
-
-kombu hands every transport option of this transport to SQLAlchemy's
-``create_engine``, so the interval is set on the transport class, whose
-``drain_events`` reads it there.
 """
 
 from __future__ import annotations
@@ -16,6 +12,7 @@ from __future__ import annotations
 import socket
 import sqlite3
 from contextlib import closing
+from json import loads
 from pathlib import Path
 from time import monotonic
 from typing import Any
@@ -24,22 +21,21 @@ from kombu.transport.sqlalchemy import Channel as SQLChannel
 from kombu.transport.sqlalchemy import Transport as SQLTransport
 from kombu.transport.virtual.base import Empty
 from kombu.utils.encoding import bytes_to_str
-from json import loads
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine, make_url
 
 from farmhand.dispatch import wake
 
-SAFETY_POLL = 1.0  # seconds between polls when no wake-up comes
+SAFETY_POLL = wake.SAFETY_POLL
 MESSAGES = "kombu_message"  # kombu's default table name, which farmhand never changes
 
 
 @event.listens_for(Engine, "connect")
 def _write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
-    """WAL for the broker and result files: readers no longer block the writer, and a commit is one
-    append and fsync instead of a journal file created and deleted (the commits were the largest part
-    of a worker's busy time at CONCURRENCY=4). The mode is kept in the file, so this is a no-op after
-    the first connection; a file still locked by another process keeps its mode for now."""
+    """WAL for the broker file: readers no longer block the writer, and a commit is one append and
+    fsync instead of a journal file created and deleted (commits were the largest part of a worker's
+    busy time at CONCURRENCY=4). The mode is kept in the file, so this is a no-op after the first
+    connection; a file still locked by another process keeps its mode for now."""
     if isinstance(dbapi_connection, sqlite3.Connection):
         try:
             dbapi_connection.execute("PRAGMA journal_mode=WAL").fetchall()
@@ -47,13 +43,14 @@ def _write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
             pass
 
 
-def wake_directory(url: str) -> Path:
-    """Where the wake-up sockets of the SQLite file at ``url`` (``[farmhand+]sqlite:///PATH``) live: beside it."""
-    return Path(make_url(url.split("+", 1)[-1]).database or ".").resolve().parent
-
-
 def _database(url: str) -> str:
-    return str(Path(make_url(url.split("+", 1)[-1]).database or ""))
+    """The SQLite file of ``[farmhand+]sqlite:///PATH``."""
+    return make_url(url.split("+", 1)[-1]).database or ""
+
+
+def wake_directory(url: str) -> Path:
+    """Where the wake-up sockets of the SQLite file at ``url`` live: beside it."""
+    return Path(_database(url) or ".").resolve().parent
 
 
 def restore_unacknowledged(url: str) -> int:
@@ -79,8 +76,6 @@ def restore_unacknowledged(url: str) -> int:
 
 class Channel(SQLChannel):
     """Wakes consumers on publish; deletes a message once acknowledged, and shows it again if given back."""
-
-    polling_interval = SAFETY_POLL
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 
 SUFFIX = ".sock"
+SAFETY_POLL = 1.0  # seconds a waiter sleeps at most when no wake-up comes: the net under a lost one
 
 
 class Listener:
