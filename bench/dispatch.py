@@ -38,11 +38,9 @@ from common import add_json_arg, emit, row, timed, use_test_helpers  # noqa: E40
 use_test_helpers()
 import docker  # noqa: E402
 import yaml  # noqa: E402
-from dispatch_support import RabbitMQ, WorkerProcess, counted_task, runs_of  # noqa: E402
-from farmhand import sandbox  # noqa: E402
+from dispatch_support import RabbitMQ, WorkerProcess, counted_task, discard_left_tasks, runs_of  # noqa: E402
 from farmhand.client import Client  # noqa: E402
 from farmhand.config import load_config  # noqa: E402
-from farmhand.sandbox import TASK_LABEL  # noqa: E402
 from support import BUSYBOX  # noqa: E402
 
 PARTS = ("latency", "throughput", "idle", "farm")
@@ -100,12 +98,7 @@ class Bench:
     def close(self) -> None:
         self.stop_workers()
         dc = docker.from_env()
-        for c in dc.containers.list(all=True, filters={"label": TASK_LABEL}):  # only ours: others may share the host
-            if c.labels.get(TASK_LABEL) in self.task_ids:
-                nets = [n for n in c.attrs["NetworkSettings"]["Networks"] if n.startswith("farmhand-net-")]
-                sandbox.cleanup(dc, c.labels[TASK_LABEL])
-                for net in nets:
-                    dc.networks.get(net).remove()
+        discard_left_tasks(dc, self.task_ids)  # only ours: others may share the host
         if self._user_bridge is not None:
             dc.networks.get(self._user_bridge).remove()
         if self.rabbit is not None:

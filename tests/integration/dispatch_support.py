@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-
+from farmhand import sandbox
+from farmhand.network_pool import POOL_LABEL
+from farmhand.sandbox import TASK_LABEL
 from support import BUSYBOX, free_port, wait_for_port
 
 
@@ -211,3 +213,18 @@ def runs_of(client: Any, counter: str) -> int:
         BUSYBOX, ["sh", "-c", f"cat /count/{counter} 2>/dev/null || true"], volumes={"farmhand-cache-runcount": {"bind": "/count", "mode": "ro"}}, remove=True
     )
     return out.decode().count("run")
+
+
+def discard_left_tasks(docker_client: Any, task_ids: set[str] | None = None) -> None:
+    """Remove the task containers stopped workers left (SIGTERM leaves them by design), those of
+    ``task_ids`` only when given, and the task networks they were on. Idle networks are not touched:
+    removing those is the worker's job, which the suite checks."""
+    left_networks: set[str] = set()
+    for c in docker_client.containers.list(all=True, filters={"label": TASK_LABEL}):
+        task_id = c.labels[TASK_LABEL]
+        if task_ids is None or task_id in task_ids:
+            left_networks.update(c.attrs["NetworkSettings"]["Networks"])
+            sandbox.cleanup(docker_client, task_id)
+    for net in docker_client.api.networks(filters={"label": POOL_LABEL}):
+        if net["Name"] in left_networks:
+            docker_client.api.remove_network(net["Name"])

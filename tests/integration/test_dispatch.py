@@ -20,11 +20,9 @@ import pytest
 import redis as redis_lib
 import yaml
 
-from dispatch_support import RabbitMQ, Redis, WorkerProcess, counted_task, runs_of, sleep_task, wait_until
+from dispatch_support import RabbitMQ, Redis, WorkerProcess, counted_task, discard_left_tasks, runs_of, sleep_task, wait_until
 from farmhand.client import Client
-from farmhand import sandbox
 from farmhand.config import load_config
-from farmhand.network_pool import POOL_LABEL
 from farmhand.sandbox import TASK_LABEL
 from support import BUSYBOX
 
@@ -66,14 +64,7 @@ class Farm:
         """Stop the workers; SIGTERM leaves task containers behind by design, so a failed test's are removed here."""
         for w in self.workers:
             w.stop()
-        docker_client = docker.from_env()
-        left_networks: set[str] = set()
-        for c in docker_client.containers.list(all=True, filters={"label": TASK_LABEL}):
-            left_networks.update(c.attrs["NetworkSettings"]["Networks"])
-            sandbox.cleanup(docker_client, c.labels[TASK_LABEL])
-        for net in docker_client.networks.list(filters={"label": POOL_LABEL}):
-            if net.name in left_networks:  # a left container's network, not an idle one the worker should have removed
-                net.remove()
+        discard_left_tasks(docker.from_env())
 
 
 @pytest.fixture

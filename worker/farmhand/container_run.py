@@ -94,7 +94,7 @@ STATS_DELAY = 0.5  # seconds a container runs before its usage is sampled
 class _UsageSampler:
     """Keeps the peaks of Docker's stats stream; stops by itself when the container does."""
 
-    def __init__(self, client: docker.DockerClient, container_id: str, exited: threading.Event | None = None) -> None:
+    def __init__(self, client: docker.DockerClient, container_id: str, exited: threading.Event) -> None:
         self._client = client
         self._id = container_id
         self._exited = exited
@@ -111,7 +111,7 @@ class _UsageSampler:
     def _run(self) -> None:
         # dockerd's first sample comes about a second after the request: a container that is gone
         # within STATS_DELAY would give none, so its stats request (and dockerd's collector) is saved.
-        if self._exited is not None and self._exited.wait(STATS_DELAY):
+        if self._exited.wait(STATS_DELAY):
             return
         try:
             for s in self._client.api.stats(self._id, stream=True, decode=True):

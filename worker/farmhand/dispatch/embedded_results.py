@@ -24,8 +24,6 @@ from kombu.utils.encoding import ensure_bytes
 
 from farmhand.dispatch import wake
 
-SAFETY_POLL = wake.SAFETY_POLL
-
 
 class ResultStore(FilesystemBackend):
     def __init__(self, url: str | None = None, *args: Any, **kwargs: Any) -> None:
@@ -64,6 +62,6 @@ class ResultStore(FilesystemBackend):
                 left = None if timeout is None else timeout - (monotonic() - started)
                 if left is not None and left <= 0:
                     raise CeleryTimeout("The operation timed out.")
-                listener.wait(SAFETY_POLL if left is None else min(SAFETY_POLL, left))
+                listener.wait(wake.SAFETY_POLL if left is None else min(wake.SAFETY_POLL, left))
         finally:
             listener.close()

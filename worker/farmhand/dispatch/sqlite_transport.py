@@ -26,7 +26,6 @@ from sqlalchemy.engine import Engine, make_url
 
 from farmhand.dispatch import wake
 
-SAFETY_POLL = wake.SAFETY_POLL
 MESSAGES = "kombu_message"  # kombu's default table name, which farmhand never changes
 
 
@@ -80,10 +79,12 @@ class Channel(SQLChannel):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._rows: dict[str, int] = {}  # delivery tag -> message row, for messages handed over and not yet settled
+        url = self.connection.client.hostname
+        self._database, self._wake_dir = _database(url), wake_directory(url)  # once, not per publish and ack
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
         super()._put(queue, payload, **kwargs)
-        wake.notify(wake_directory(self.connection.client.hostname), "consumer")
+        wake.notify(self._wake_dir, "consumer")
 
     def _get(self, queue: str) -> Any:
         obj = self._get_or_create(queue)
@@ -123,14 +124,14 @@ class Channel(SQLChannel):
         row = self._rows.pop(delivery_tag, None)
         if row is None:
             return False
-        with closing(sqlite3.connect(_database(self.connection.client.hostname), timeout=30)) as db, db:
+        with closing(sqlite3.connect(self._database, timeout=30)) as db, db:
             db.execute(statement.format(table=MESSAGES), (row,))
         return True
 
 
 class Transport(SQLTransport):
     Channel = Channel
-    polling_interval = SAFETY_POLL
+    polling_interval = wake.SAFETY_POLL
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
         """kombu's loop, with its sleep between empty polls replaced by a wait for a publisher's wake-up."""
@@ -141,10 +142,10 @@ class Transport(SQLTransport):
                 self.cycle.get(self._deliver, timeout=timeout)
                 return
             except Empty:
-                left = SAFETY_POLL if timeout is None else timeout - (monotonic() - started)
+                left = wake.SAFETY_POLL if timeout is None else timeout - (monotonic() - started)
                 if left <= 0:
                     raise socket.timeout() from None
-                listener.wait(min(SAFETY_POLL, left))
+                listener.wait(min(wake.SAFETY_POLL, left))
 
     def _listener(self) -> wake.Listener | wake.Sleeper:
         listener: wake.Listener | wake.Sleeper | None = getattr(self, "_wake", None)
