@@ -21,7 +21,7 @@ from farmhand.errors import UploadFailed
 from farmhand.uploaders import UploadItem
 from farmhand.uploaders.sftp import SftpUploader
 from sshd import Sshd
-from support import Recorder, busybox_task, random_file, read_decompressed
+from support import Recorder, busybox_task, random_file, read_decompressed, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -132,14 +132,14 @@ def test_task_files_and_directories_land_verified(run_task, sftp_config, warehou
     assert sorted(_server_check(folder)) == ["a.txt.sha256", "task.log.zst.sha256", "tree/1.txt.sha256", "tree/sub/big.bin.sha256"]
     assert _leftovers(folder) == []
     a, tree = result.artifacts
-    assert a["location"] == f"sftp://root@127.0.0.1:{sshd.port}{folder}/a.txt"
+    assert a.location == f"sftp://root@127.0.0.1:{sshd.port}{folder}/a.txt"
     assert (folder / "a.txt").read_bytes() == b"answer 42"
-    assert tree["location"].endswith(f"{folder}/tree/")
-    for f in tree["files"]:
-        assert hashlib.sha256((folder / "tree" / f["path"]).read_bytes()).hexdigest() == f["sha256"]
+    assert tree.location.endswith(f"{folder}/tree/")
+    for f in tree.files:
+        assert hashlib.sha256((folder / "tree" / f.path).read_bytes()).hexdigest() == f.sha256
     log = read_decompressed(folder / "task.log.zst")
-    assert b"sftp-log-line" in log and hashlib.sha256(log).hexdigest() == result.log["sha256"]
-    assert result.log["location"].endswith("/sftp-ok-1/task.log.zst") and result.log["compression"] == "zstd"
+    assert b"sftp-log-line" in log and hashlib.sha256(log).hexdigest() == result.log.sha256
+    assert result.log.location.endswith("/sftp-ok-1/task.log.zst") and result.log.compression == "zstd"
     progress = result.stages["upload"]["progress"]
     assert progress["bytes_done"] == progress["bytes_total"] > 3_000_000 and progress["rate"] > 0
     assert any(e[0] == "progress" and e[1] == "upload" and "uploaded" in e[2] for e in rec.events)
@@ -173,6 +173,119 @@ def test_identical_file_is_skipped_and_a_changed_one_replaced(sftp_config, wareh
     up.upload("skip-1", [changed], lambda m, **f: None)
     assert dest.read_bytes() == b"other bytes\n"
     _server_check(warehouse / "skip-1")
+
+
+def _part(folder: Path, item: UploadItem) -> Path:
+    """The partial copy farmhand resumes: ``.NAME.<sha256 prefix>.part`` beside where NAME lands."""
+    return folder / f".{item.remote_name}.{item.sha256[:16]}.part"
+
+
+def _sidecar(folder: Path, item: UploadItem) -> Path:
+    return folder / f"{item.remote_name}.sha256"
+
+
+def _flipped(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+
+
+def _upload_watched(cfg: WorkerConfig, task_id: str, item: UploadItem) -> list[tuple[str, dict[str, Any]]]:
+    events: list[tuple[str, dict[str, Any]]] = []
+    SftpUploader(cfg.upload_default, cfg).upload(task_id, [item], lambda m, **f: events.append((m, f)))
+    _assert_progress_sane(events, item.size)
+    return events
+
+
+def _assert_progress_sane(events: list[tuple[str, dict[str, Any]]], total: int) -> None:
+    """Every progress report counts each byte once: never more done than there is, and all of it at the end."""
+    counts = [(m, f["bytes_done"], f["bytes_total"]) for m, f in events if "bytes_done" in f]
+    assert counts, "no progress was reported"
+    over = [c for c in counts if c[1] > c[2] or c[2] != total]
+    assert over == [], f"progress counted more bytes than the upload has: {over[:5]}"
+    assert counts[-1][1] == total, f"the last report says {counts[-1][1]} of {total} bytes: {counts[-1][0]}"
+
+
+# -- what is already on the server is checked, never trusted -----------------------------------
+
+
+@pytest.mark.parametrize("damage", ["wrong-bytes", "hole"])
+def test_a_damaged_partial_part_is_not_resumed_blindly(damage, sftp_config, warehouse, tmp_path):
+    """A .part file farmhand did not write in this upload is read back before it is continued."""
+    cfg = sftp_config(progress_interval=0)
+    item = _big_file(tmp_path / "p.bin", 3 << 20)
+    data = item.local_path.read_bytes()
+    folder = warehouse / f"part-{damage}"
+    folder.mkdir()
+    with open(_part(folder, item), "wb") as fh:
+        if damage == "wrong-bytes":
+            fh.write(os.urandom(1 << 20))
+        else:  # the right first 512 KiB, then a hole (zeros) up to 2 MiB: only a full read-back sees it
+            fh.write(data[: 512 << 10])
+            fh.truncate(2 << 20)
+    events = _upload_watched(cfg, f"part-{damage}", item)
+    assert (folder / "p.bin").read_bytes() == data
+    assert not any("resumed_from" in f for _, f in events), "a damaged .part is started over, not resumed"
+    assert _leftovers(folder) == []
+    _server_check(folder)
+
+
+def test_a_full_size_damaged_part_is_not_renamed_into_place(sftp_config, warehouse, tmp_path):
+    cfg = sftp_config(progress_interval=0)
+    item = _big_file(tmp_path / "f.bin", 3 << 20)
+    data = item.local_path.read_bytes()
+    folder = warehouse / "part-full"
+    folder.mkdir()
+    _part(folder, item).write_bytes(_flipped(data, 2_000_000))  # the right size, one bit wrong
+    _upload_watched(cfg, "part-full", item)
+    assert (folder / "f.bin").read_bytes() == data
+    assert _leftovers(folder) == []
+    _server_check(folder)
+
+
+def test_an_intact_part_is_resumed_after_reading_it_back(sftp_config, warehouse, tmp_path):
+    cfg = sftp_config(progress_interval=0)
+    item = _big_file(tmp_path / "r.bin", 3 << 20)
+    data = item.local_path.read_bytes()
+    folder = warehouse / "part-ok"
+    folder.mkdir()
+    _part(folder, item).write_bytes(data[: 1_234_567])
+    events = _upload_watched(cfg, "part-ok", item)
+    assert [f["resumed_from"] for _, f in events if "resumed_from" in f] == [1_234_567]
+    assert (folder / "r.bin").read_bytes() == data
+    _server_check(folder)
+
+
+@pytest.mark.parametrize("verify", ["stream", "remote"])
+def test_a_file_in_place_with_a_sidecar_but_wrong_content_is_sent_again(verify, sftp_config, warehouse, tmp_path):
+    cfg = sftp_config(verify=verify, progress_interval=0)
+    item = _big_file(tmp_path / "w.bin", 2 << 20)
+    data = item.local_path.read_bytes()
+    folder = warehouse / f"inplace-bad-{verify}"
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(_flipped(data, 1_000_000))  # the right size, one bit wrong
+    _sidecar(folder, item).write_text(f"{item.sha256}  w.bin\n")
+    events = _upload_watched(cfg, f"inplace-bad-{verify}", item)
+    assert (folder / "w.bin").read_bytes() == data
+    assert not any("already in the warehouse" in m for m, _ in events)
+    assert _leftovers(folder) == []
+    _server_check(folder)
+
+
+@pytest.mark.parametrize("verify", ["stream", "remote"])
+def test_a_file_in_place_with_the_right_content_is_skipped(verify, sftp_config, warehouse, tmp_path):
+    cfg = sftp_config(verify=verify, progress_interval=0)
+    item = _big_file(tmp_path / "s.bin", 2 << 20)
+    folder = warehouse / f"inplace-ok-{verify}"
+    folder.mkdir()
+    dest = folder / "s.bin"
+    dest.write_bytes(item.local_path.read_bytes())
+    _sidecar(folder, item).write_text(f"{item.sha256}  s.bin\n")
+    old = time.time() - 3600
+    os.utime(dest, (old, old))
+    events = _upload_watched(cfg, f"inplace-ok-{verify}", item)
+    assert dest.stat().st_mtime == old, "an identical file is not written again"
+    assert any("already in the warehouse" in m for m, _ in events)
+    last = events[-1][1]
+    assert last["rate"] == 0 and last.get("bytes_sent", 0) == 0, f"bytes were sent for a file already there: {events[-1]}"
 
 
 def test_remote_verification_runs_sha256sum_on_the_server(sftp_config, warehouse, tmp_path):
@@ -251,6 +364,9 @@ def test_sshd_killed_mid_upload_resumes_and_completes_byte_identical(sftp_config
 
         SftpUploader(cfg.upload_default, cfg).upload("resume-1", [item], report)
         assert killed.is_set()
+        _assert_progress_sane(events, item.size)  # the resumed bytes count once
+        done = [f["bytes_done"] for _, f in events if "bytes_done" in f]
+        assert done == sorted(done), "checking the bytes already there does not set the count back"
         dest = warehouse / "resume-1" / "big.bin"
         assert hashlib.sha256(dest.read_bytes()).hexdigest() == item.sha256
         resumed = [f["resumed_from"] for _, f in events if "resumed_from" in f]
@@ -314,9 +430,7 @@ def test_background_retrier_delivers_what_waits(sftp_config, warehouse, tmp_path
         entry.job["next_try_at"] = 0
         entry.save()
         retrier.start()
-        deadline = time.monotonic() + 30
-        while pending.entries(cfg) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: not pending.entries(cfg), 30, "the retrier to deliver the pending upload")
     finally:
         retrier.stop()
         server.stop()
@@ -346,7 +460,7 @@ def test_full_disk_on_the_server_is_a_clear_error_and_nothing_is_lost(run_task, 
     assert "no space left on the warehouse" in result.message, result.message
     entry = pending.find(cfg, "full-1")
     kept = {i.remote_name: i for i in entry.items()}["big.bin"]
-    assert kept.size == 3_000_000 == result.artifacts[0]["size"]
-    assert hashlib.sha256(kept.local_path.read_bytes()).hexdigest() == result.artifacts[0]["sha256"]
+    assert kept.size == 3_000_000 == result.artifacts[0].size
+    assert hashlib.sha256(kept.local_path.read_bytes()).hexdigest() == result.artifacts[0].sha256
     assert (workdir / "tasks" / "full-1" / "artifacts" / "big.bin").stat().st_size == 3_000_000
     assert _leftovers(full_disk) == [], "a partial copy on a full disk is removed"

@@ -2,16 +2,20 @@
 
 For each file, under ``path/TASK_ID/``:
 
-1. skip it when the warehouse already has it: same size, and its ``.sha256``
-   sidecar names the same sha256;
+1. skip it when the warehouse already has it: same size, its ``.sha256``
+   sidecar names the same sha256, and its content, read back, hashes to that
+   sha256 (with ``sftp.verify: remote``: the server's ``sha256sum`` says so);
 2. write it to ``.NAME.<sha256 prefix>.part``, resuming from that file's
-   remote size (the name carries the content's hash, so a partial file is
-   only ever continued with the bytes it started with);
+   remote size once the bytes already there are read back and found equal
+   to the local file's first bytes (otherwise it starts over from byte 0);
 3. verify: the bytes sent hash to the artifact's sha256, the remote size is
    right, and with ``sftp.verify: remote`` the server's own ``sha256sum``
    agrees;
 4. rename it into place (atomically replacing an older copy), then its
    ``NAME.sha256`` sidecar (``sha256sum -c`` format) beside it.
+
+Nothing farmhand did not send in this upload is trusted unread: a ``.part``
+or a file in place may have been left by anyone, damaged, or be sparse.
 
 A lost connection is tried again with exponential backoff and jitter, up to
 ``sftp.attempts`` times; refused keys, denied permissions and a full disk
@@ -89,12 +93,22 @@ class SftpTarget:
 
 
 class Progress:
-    """Counts confirmed bytes across streams and reports them (bytes, total, rate) at most every ``interval`` seconds."""
+    """Counts confirmed bytes across streams and reports them (bytes, total, rate) at most every ``interval`` seconds.
 
-    def __init__(self, total: int, report: Callable[..., None], interval: float) -> None:
-        self.total, self.report, self.interval = total, report, interval
+    Each file's count is kept apart and set afresh by ``start`` once a try
+    knows where it stands (0, the verified bytes of a resumed ``.part``, or
+    all of it when skipped), so bytes confirmed by an interrupted try are
+    never counted again, and ``bytes_done`` never exceeds ``bytes_total``.
+    While bytes already on the server are read back, ``reach`` keeps the
+    count from going back down until they are known bad.
+    """
+
+    def __init__(self, sizes: dict[str, int], report: Callable[..., None], interval: float) -> None:
+        self.sizes, self.report, self.interval = sizes, report, interval
+        self.total = sum(sizes.values())
         self.done = 0
-        self.sent = 0  # bytes that crossed the network (not skipped ones): what the rate is made of
+        self.sent = 0  # bytes that crossed the network (not skipped or verified ones): what the rate is made of
+        self._files: dict[str, int] = {}
         self.started = time.monotonic()
         self._last = 0.0
         self._lock = threading.Lock()
@@ -103,10 +117,33 @@ class Progress:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         return {"bytes_done": self.done, "bytes_total": self.total, "rate": round(self.sent / elapsed)}
 
-    def add(self, n: int, *, sent: bool = True, name: str = "") -> None:
+    def start(self, name: str, done: int) -> None:
+        """A try on ``name`` begins with ``done`` of its bytes in place; what earlier tries counted is forgotten."""
         with self._lock:
-            self.done += n
-            self.sent += n if sent else 0
+            self._set(name, done)
+
+    def reach(self, name: str, done: int) -> None:
+        """``done`` bytes of ``name`` are checked in place so far: the count is at least that."""
+        with self._lock:
+            if done <= self._files.get(name, 0):
+                return
+            self._set(name, done)
+        self._tick(name)
+
+    def _set(self, name: str, done: int) -> None:
+        done = max(0, min(done, self.sizes.get(name, 0)))
+        self.done += done - self._files.get(name, 0)
+        self._files[name] = done
+
+    def add(self, n: int, *, name: str = "") -> None:
+        """``n`` more bytes of ``name`` were sent and acknowledged by the server."""
+        with self._lock:
+            self._set(name, self._files.get(name, 0) + n)
+            self.sent += n
+        self._tick(name)
+
+    def _tick(self, name: str) -> None:
+        with self._lock:
             now = time.monotonic()
             if now - self._last < self.interval:
                 return
@@ -169,7 +206,7 @@ class SftpUploader:
         except ConfigError as exc:
             raise SftpError(str(exc)) from None
         known = load_known_hosts(self.settings.known_hosts)
-        progress = Progress(sum(i.size for i in items), report, self.settings.progress_interval)
+        progress = Progress({i.remote_name: i.size for i in items}, report, self.settings.progress_interval)
         remaining = list(items)
         attempts = max(1, self.settings.attempts)
         last = ""
@@ -189,7 +226,10 @@ class SftpUploader:
             progress.say(f"upload interrupted ({last}); try {attempt + 1} of {attempts} in {delay:.1f}s")
             self.sleep(delay)
         elapsed = time.monotonic() - progress.started
-        progress.say(f"uploaded {len(items)} file(s), {progress.done} bytes in {elapsed:.2f}s to {self.target.endpoint.label}")
+        progress.say(
+            f"uploaded {len(items)} file(s), {progress.done} bytes ({progress.sent} sent) in {elapsed:.2f}s to {self.target.endpoint.label}",
+            bytes_sent=progress.sent,
+        )
         return {item.remote_name: self.location(task_id, item.remote_name) for item in items}
 
     def _session(
@@ -250,28 +290,39 @@ class SftpUploader:
         self._makedirs(ch.ctl, folder)
         sidecar = final + SIDECAR
         line = f"{item.sha256}  {base}\n".encode()
-        if self._already_there(ch, item, final, sidecar, line):
-            progress.add(item.size, sent=False, name=item.remote_name)
-            progress.say(f"{item.remote_name}: already in the warehouse, identical (size and sha256); skipped")
+        name = item.remote_name
+        if self._already_there(ch, item, final, sidecar, line, progress):
+            progress.start(name, item.size)
+            progress.say(f"{name}: already in the warehouse, identical (its content hashes to the sha256); skipped")
             return
         part = posixpath.join(folder, f".{base}.{item.sha256[:16]}.part")
         existing = _stat(ch.ctl, part)
-        offset = existing.st_size if existing is not None and (existing.st_size or 0) <= item.size else 0
         try:
             src = open(item.local_path, "rb")
         except OSError as exc:
             raise SftpError(f"cannot read {item.local_path}: {exc.strerror or exc}") from None
         hasher = BackgroundHash()
+        offset = 0
         try:
             with src:
-                if offset:
-                    _hash_prefix(src, offset, hasher)
-                    progress.add(offset, sent=False, name=item.remote_name)
-                    progress.say(f"{item.remote_name}: resuming at byte {offset} of {item.size}", resumed_from=offset)
+                if existing is not None and 0 < (existing.st_size or 0) <= item.size:
+                    # Bytes this try did not send (an earlier try, another worker, damage): continued only once read back and equal.
+                    offset = self._same_prefix(ch, part, existing.st_size or 0, src, hasher, progress, name)
+                    if offset:
+                        progress.start(name, offset)
+                        progress.say(f"{name}: resuming at byte {offset} of {item.size} (the bytes there read back identical)", resumed_from=offset)
+                    else:
+                        progress.start(name, 0)
+                        progress.say(f"{name}: the partial copy in the warehouse differs from this file's first {existing.st_size} bytes; sending it all again")
+                        hasher.finish()
+                        hasher = BackgroundHash()
+                        src.seek(0)
+                else:
+                    progress.start(name, 0)
                 ch.stream.write_file(
                     part, src, offset, item.size - offset, hasher,
                     truncate=existing is not None and offset == 0,
-                    on_acked=lambda n: progress.add(n, name=item.remote_name),
+                    on_acked=lambda n: progress.add(n, name=name),
                 )
         except StatusError as exc:
             raise self._explain(ch, exc, part, item.size - offset) from None
@@ -289,7 +340,13 @@ class SftpUploader:
         side_part = posixpath.join(folder, f".{base}{SIDECAR}.part")
         try:
             if self.settings.verify == "remote":
-                self._verify_remote(ch.transport, part, item)
+                remote = self._remote_sha256(ch.transport, part, item)
+                if remote != item.sha256:
+                    _remove(ch.ctl, part)  # damaged on the server: the next try starts it over
+                    raise SftpError(
+                        f"{part} on {self.target.endpoint.label} hashes to {remote}, not {item.sha256}: the copy is damaged; it will be sent again",
+                        transient=True,
+                    )
             self._write_small(ch, side_part, line)
             self._replace(ch.ctl, part, final)
             self._replace(ch.ctl, side_part, sidecar)
@@ -298,7 +355,33 @@ class SftpUploader:
                 _remove(ch.ctl, part)
             raise
 
-    def _already_there(self, ch: "_Channels", item: UploadItem, final: str, sidecar: str, line: bytes) -> bool:
+    def _same_prefix(self, ch: "_Channels", path: str, length: int, src: Any, hasher: BackgroundHash, progress: Progress, name: str) -> int:
+        """Read remote ``path``'s first ``length`` bytes back and compare them with ``src``'s; ``length`` if all equal, else 0.
+
+        ``src`` is read (and hashed into ``hasher``) as far as the comparison
+        went; the caller rewinds both when the answer is 0.
+        """
+        equal = True
+        checked = 0
+
+        def consume(remote: bytes) -> bool:
+            nonlocal equal, checked
+            local = src.read(len(remote))
+            hasher.update(local)
+            equal = local == remote
+            if equal:
+                checked += len(remote)
+                progress.reach(name, checked)
+            return equal
+
+        try:
+            got = ch.stream.read_file(path, length, consume)
+        except StatusError:
+            return 0  # unreadable (a write-only account, or gone): not verified, so not trusted
+        return length if equal and got == length else 0
+
+    def _already_there(self, ch: "_Channels", item: UploadItem, final: str, sidecar: str, line: bytes, progress: Progress) -> bool:
+        """Whether ``final`` already holds the item: right size, right sidecar, and content that hashes to its sha256."""
         st = _stat(ch.ctl, final)
         if st is None or st.st_size != item.size:
             return False
@@ -310,9 +393,33 @@ class SftpUploader:
             return False
         except PermissionError:
             raise self._denied(f"read {sidecar}") from None
+        name = item.remote_name
         if self.settings.verify == "remote":
-            self._verify_remote(ch.transport, final, item)
-        return True
+            if self._remote_sha256(ch.transport, final, item) == item.sha256:
+                return True
+            progress.say(f"{name}: the copy in the warehouse does not hash to its sidecar's sha256 (sha256sum on the server); sending it again")
+            return False
+        hasher = BackgroundHash()
+        checked = 0
+
+        def consume(remote: bytes) -> bool:
+            nonlocal checked
+            hasher.update(remote)
+            checked += len(remote)
+            progress.reach(name, checked)
+            return True
+
+        try:
+            got = ch.stream.read_file(final, item.size, consume)
+        except StatusError as exc:
+            progress.say(f"{name}: the copy in the warehouse cannot be read back ({exc}); sending it again")
+            return False
+        finally:
+            digest = hasher.finish()
+        if got == item.size and digest == item.sha256:
+            return True
+        progress.say(f"{name}: the copy in the warehouse does not hash to its sidecar's sha256; sending it again")
+        return False
 
     def _makedirs(self, ctl: paramiko.SFTPClient, folder: str) -> None:
         """``mkdir -p`` of the task's folders, remembered so each is made once per upload."""
@@ -356,8 +463,8 @@ class SftpUploader:
         except OSError as exc:
             raise SftpError(f"cannot rename {src} to {dest} on {self.target.endpoint.label}: {exc}") from None
 
-    def _verify_remote(self, transport: paramiko.Transport, path: str, item: UploadItem) -> None:
-        """Run ``sha256sum`` on the server and compare: the warehouse's own view of the bytes."""
+    def _remote_sha256(self, transport: paramiko.Transport, path: str, item: UploadItem) -> str:
+        """Run ``sha256sum`` on the server: the warehouse's own view of the bytes. Its hex digest of ``path``."""
         channel = transport.open_session(timeout=self.settings.connect_timeout)
         try:
             channel.settimeout(max(self.settings.connect_timeout, item.size / 50e6))
@@ -376,8 +483,7 @@ class SftpUploader:
                 f"sftp.verify is 'remote' but sha256sum could not run on {self.target.endpoint.label} (exit {status}: {err or 'no output'}); "
                 "use 'stream' for SFTP-only accounts"
             )
-        if digest != item.sha256:
-            raise SftpError(f"{path} on {self.target.endpoint.label} hashes to {digest}, not {item.sha256}: the copy is damaged; it will be sent again", transient=True)
+        return digest
 
     # -- errors --------------------------------------------------------------------------
     def _denied(self, what: str) -> SftpError:
@@ -433,13 +539,3 @@ def _remove(ctl: paramiko.SFTPClient, path: str) -> None:
     except FileNotFoundError:
         pass
 
-
-def _hash_prefix(src: Any, length: int, hasher: Any) -> None:
-    """Hash the first ``length`` bytes of ``src`` (already on the server), leaving it positioned after them."""
-    left = length
-    while left:
-        block = src.read(min(left, 1 << 20))
-        if not block:
-            raise SftpError(f"the local file is shorter than the {length} bytes already uploaded: it changed since it was collected")
-        hasher.update(block)
-        left -= len(block)

@@ -1,4 +1,4 @@
-"""Write one remote file fast: SFTP v3 spoken directly on a channel of its own, many writes in flight.
+"""Write one remote file fast, or read one back: SFTP v3 spoken directly on a channel of its own, many requests in flight.
 
 Why not ``SFTPClient.put``: it sends 32 KiB requests and does per-request
 bookkeeping in Python that costs more than the crypto, so it reaches about a
@@ -6,12 +6,15 @@ third of OpenSSH's ``sftp``. Here each write request is as large as the
 server accepts (``limits@openssh.com``; 255 KiB on OpenSSH), up to
 ``requests_in_flight`` of them are outstanding, and replies are parsed in
 bulk. The channel speaks only the few messages an upload needs (open, write,
-close, the statvfs extension to explain a full disk); everything else goes
+close, the statvfs extension to explain a full disk, and reads, pipelined
+the same way, to check what is already on the server); everything else goes
 through paramiko's ``SFTPClient`` on another channel.
 
 Writes are sent in file order on one channel, and an OpenSSH server applies
-them in that order, so after an interruption the remote file is a prefix of
-the local one: that is what makes resuming from the remote size sound.
+them in that order, so after an interruption the remote file is normally a
+prefix of the local one. Normally is not enough to resume on: whatever is on
+the server from before is read back (``read_file``) and compared before the
+upload continues from its size.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from typing import BinaryIO, Callable, Protocol
 import paramiko
 
 # Message types and flags of draft-ietf-secsh-filexfer-02 (SFTP v3).
-FXP_INIT, FXP_VERSION, FXP_OPEN, FXP_CLOSE, FXP_WRITE = 1, 2, 3, 4, 6
-FXP_STATUS, FXP_HANDLE, FXP_EXTENDED, FXP_EXTENDED_REPLY = 101, 102, 200, 201
-FXF_WRITE, FXF_CREAT, FXF_TRUNC = 0x02, 0x08, 0x10
-FX_OK, FX_PERMISSION_DENIED, FX_FAILURE = 0, 3, 4
+FXP_INIT, FXP_VERSION, FXP_OPEN, FXP_CLOSE, FXP_READ, FXP_WRITE = 1, 2, 3, 4, 5, 6
+FXP_STATUS, FXP_HANDLE, FXP_DATA, FXP_EXTENDED, FXP_EXTENDED_REPLY = 101, 102, 103, 200, 201
+FXF_READ, FXF_WRITE, FXF_CREAT, FXF_TRUNC = 0x01, 0x02, 0x08, 0x10
+FX_OK, FX_EOF, FX_PERMISSION_DENIED, FX_FAILURE = 0, 1, 3, 4
 STATUS_NAMES = {
     1: "end of file",
     2: "no such file",
@@ -36,8 +39,9 @@ STATUS_NAMES = {
     7: "connection lost",
     8: "operation unsupported",
 }
-#: What every SFTP server must accept; used when the server states no limit.
+#: What every SFTP server must accept (for writes) and answer in full (for reads); used when the server states no limit.
 SAFE_WRITE = 32768
+SAFE_READ = 32768
 
 
 class Hasher(Protocol):
@@ -86,7 +90,9 @@ class SftpStream:
             raise paramiko.SSHException(f"the server's SFTP subsystem did not answer with its version (message {kind})")
         self.extensions = self._parse_extensions(body[4:])
         self.in_flight = max(1, in_flight)
-        self.request_size = max(1, min(request_size, self._server_write_limit()))
+        max_read, max_write = self._server_limits()
+        self.request_size = max(1, min(request_size, max_write))
+        self.read_size = max(1, min(request_size, max_read))
 
     # -- framing -------------------------------------------------------------------------
     def _read(self) -> tuple[int, bytes]:
@@ -108,10 +114,6 @@ class SftpStream:
         self._next_id = (rid + 1) & 0xFFFFFFFF
         self.channel.sendall(struct.pack(">IBI", len(payload) + 5, kind, rid) + payload)
         return rid
-
-    def _expect_status(self, op: str) -> None:
-        kind, body = self._read()
-        self._raise_for_status(op, kind, body)
 
     @staticmethod
     def _raise_for_status(op: str, kind: int, body: bytes) -> None:
@@ -149,12 +151,13 @@ class SftpStream:
             return None
         return body[4:]
 
-    def _server_write_limit(self) -> int:
+    def _server_limits(self) -> tuple[int, int]:
+        """The largest read and write the server accepts (``limits@openssh.com``), or the safe sizes."""
         reply = self._extended("limits@openssh.com")
         if reply is None or len(reply) < 24:
-            return SAFE_WRITE
-        (max_write,) = struct.unpack_from(">Q", reply, 16)
-        return int(max_write) or SAFE_WRITE
+            return SAFE_READ, SAFE_WRITE
+        _max_packet, max_read, max_write = struct.unpack_from(">3Q", reply)
+        return int(max_read) or SAFE_READ, int(max_write) or SAFE_WRITE
 
     # -- operations ----------------------------------------------------------------------
     def free_bytes(self, path: str) -> int | None:
@@ -240,6 +243,74 @@ class SftpStream:
                 continue
             on_acked(size)
         return failure
+
+    def read_file(self, path: str, length: int, consume: Callable[[bytes], bool]) -> int:
+        """Read the first ``length`` bytes of remote ``path`` and hand them to ``consume`` in file order.
+
+        Up to ``in_flight`` reads are outstanding; a short answer is asked
+        again for the rest. ``consume`` returns False to stop early (the
+        replies in flight are drained, the rest is not asked for). Returns the
+        number of bytes consumed: less than ``length`` when the file is
+        shorter or ``consume`` stopped. Raises ``StatusError`` when the server
+        refuses to open or read the file.
+        """
+        self._send(FXP_OPEN, _string(path.encode()) + struct.pack(">II", FXF_READ, 0))
+        kind, body = self._read()
+        if kind != FXP_HANDLE:
+            self._raise_for_status(f"open {path}", kind, body)
+        (n,) = struct.unpack_from(">I", body, 4)
+        handle = _string(body[8 : 8 + n])
+        try:
+            done, failure = self._read_pipeline(handle, length, consume)
+        except BaseException:
+            self.close()  # replies may still be in flight
+            raise
+        self._send(FXP_CLOSE, handle)
+        close_kind, close_body = self._read()
+        if failure is not None:
+            raise failure
+        self._raise_for_status(f"close {path}", close_kind, close_body)
+        return done
+
+    def _read_pipeline(self, handle: bytes, length: int, consume: Callable[[bytes], bool]) -> tuple[int, StatusError | None]:
+        asked: dict[int, tuple[int, int]] = {}  # request id -> (offset, size)
+        arrived: dict[int, bytes] = {}  # offset -> data, until the bytes before it have been consumed
+        again: list[tuple[int, int]] = []  # the rest of short answers, to ask for again
+        pos = done = 0
+        asking = consuming = True  # asking stops at the end of the file or a refusal; consuming when consume says so
+        failure: StatusError | None = None
+        while True:
+            while asking and consuming and len(asked) < self.in_flight and (again or pos < length):
+                if again:
+                    offset, size = again.pop()
+                else:
+                    offset, size = pos, min(self.read_size, length - pos)
+                    pos += size
+                asked[self._send(FXP_READ, handle + struct.pack(">QI", offset, size))] = (offset, size)
+            if not asked:
+                return done, failure
+            kind, body = self._read()
+            (rid,) = struct.unpack_from(">I", body)
+            offset, size = asked.pop(rid, (0, 0))
+            if kind == FXP_DATA:
+                (n,) = struct.unpack_from(">I", body, 4)
+                if n == 0:
+                    asking = False
+                    continue
+                arrived[offset] = body[8 : 8 + min(n, size)]
+                if n < size:
+                    again.append((offset + n, size - n))
+            else:
+                try:
+                    self._raise_for_status("read", kind, body)
+                except StatusError as exc:
+                    if exc.code != FX_EOF:
+                        failure = failure or exc
+                asking = False  # the end of the file (or a refusal): what lies beyond is missing
+            while consuming and done in arrived:
+                chunk = arrived.pop(done)
+                done += len(chunk)
+                consuming = consume(chunk)
 
     @property
     def usable(self) -> bool:
