@@ -8,30 +8,21 @@ SIGKILL where a test needs a crash.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import redis as redis_lib
 import yaml
 from farmhand import sandbox
 from farmhand.network_pool import POOL_LABEL
 from farmhand.sandbox import TASK_LABEL
-from support import BUSYBOX, free_port, wait_for_port
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+from support import BUSYBOX, free_port, wait_for_port, wait_until  # noqa: F401 - wait_until is also imported from here
 
 
 class Redis:
@@ -62,6 +53,15 @@ class Redis:
             self.proc.terminate()
             self.proc.wait(20)
             self.proc = None
+
+    def messages(self, queue: str) -> int:
+        """Messages of ``queue`` the broker still holds: waiting (kombu keeps a list per priority step) or
+        delivered and not acknowledged (kombu's ``unacked`` hash, given back after the visibility timeout)."""
+        with redis_lib.Redis(host="127.0.0.1", port=self.port, password=self.password) as r:
+            lists = [k for k in r.scan_iter(match=f"{queue}*", _type="list") if k.decode() == queue or k.decode().startswith(f"{queue}\x06\x16")]
+            waiting = sum(r.llen(k) for k in lists)
+            unacked = sum(json.loads(v)[2] == queue for v in r.hvals("unacked"))  # [message, exchange, routing key]
+        return waiting + unacked
 
 
 class RabbitMQ:
@@ -110,10 +110,20 @@ class RabbitMQ:
         wait_for_port(self.port, timeout=90)
         return self
 
+    def _ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["/usr/lib/rabbitmq/bin/rabbitmqctl", "-n", self.name, *args], env=self._env(), capture_output=True, text=True, timeout=60)
+
+    def messages(self, queue: str) -> int:
+        """Messages of ``queue`` the broker still holds, ready or delivered and not acknowledged."""
+        out = self._ctl("list_queues", "--quiet", "--no-table-headers", "name", "messages")
+        assert out.returncode == 0, out.stdout + out.stderr
+        counts = dict(line.rsplit(None, 1) for line in out.stdout.splitlines() if line.strip())
+        return int(counts.get(queue, 0))
+
     def stop(self) -> None:
         if self.proc is None:
             return
-        subprocess.run(["/usr/lib/rabbitmq/bin/rabbitmqctl", "-n", self.name, "shutdown"], env=self._env(), capture_output=True, timeout=60)
+        self._ctl("shutdown")
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
@@ -129,11 +139,12 @@ class WorkerProcess:
         self.root = root / name
         self.root.mkdir(parents=True, exist_ok=True)
         self.working_dir = self.root / "work"
+        self.node_name = f"{name}@farmhand-test"
         doc: dict[str, Any] = {
             "working_dir": str(self.working_dir),
             "images": {"allowed": ["farmhand-test/*"]},
             "limits": {"kill_grace": 1},
-            "worker": {"node_name": f"{name}@farmhand-test", "drain_grace": 30},
+            "worker": {"node_name": self.node_name, "drain_grace": 30},
         }
         for key, value in (config or {}).items():
             doc[key] = {**doc.get(key, {}), **value} if isinstance(value, dict) else value
@@ -180,16 +191,24 @@ class WorkerProcess:
                 self.proc.kill()
                 self.proc.wait(10)
 
-    def journal_stage(self, task_id: str) -> str | None:
+    def _journal(self, task_id: str) -> tuple[Any, ...] | None:
         path = self.working_dir / "journal.sqlite"
         if not path.exists():
             return None
         try:
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-                row = db.execute("SELECT stage FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+                return db.execute("SELECT stage, reported_at FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
         except sqlite3.Error:
             return None
+
+    def journal_stage(self, task_id: str) -> str | None:
+        row = self._journal(task_id)
         return row[0] if row else None
+
+    def journal_reported(self, task_id: str) -> bool:
+        """The worker has reported the task's result (and so will not report it again)."""
+        row = self._journal(task_id)
+        return bool(row and row[1] is not None)
 
 
 def sleep_task(seconds: float, *, before: str = "", **extra: Any) -> dict[str, Any]:
@@ -228,3 +247,13 @@ def discard_left_tasks(docker_client: Any, task_ids: set[str] | None = None) -> 
     for net in docker_client.api.networks(filters={"label": POOL_LABEL}):
         if net["Name"] in left_networks:
             docker_client.api.remove_network(net["Name"])
+
+
+def settled(app: Any, broker: "Redis | RabbitMQ", queue: str, workers: list[WorkerProcess]) -> bool:
+    """Nothing more can happen to the tasks of ``queue``: the broker holds none of its messages (so no
+    delivery timeout can hand one out again) and no worker is executing one. In that order: Celery makes
+    a delivery active before it acknowledges it, so a run in progress shows in one of the two."""
+    if broker.messages(queue):
+        return False
+    replies = app.control.inspect(destination=[w.node_name for w in workers], timeout=2).active()
+    return replies is not None and set(replies) == {w.node_name for w in workers} and not any(replies.values())

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-from support import free_port, wait_for_port
+from support import free_port, listening, wait_for_port, wait_until
 
 SSHD = "/usr/sbin/sshd"
 
@@ -103,12 +101,6 @@ class Sshd:
                 pass
         self.proc.wait(10)
         self.proc = None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # the port must be free again for a restart
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    time.sleep(0.05)
-            except OSError:
-                return
+        wait_until(lambda: not listening(self.port), 10, f"port {self.port} to be free again for a restart", interval=0.05)
 
     stop = kill

@@ -7,7 +7,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from farmhand.compress import open_decompressed
@@ -54,15 +54,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 20) -> None:
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """The suite's one way to wait: poll ``predicate`` until it returns something true (returned), or fail
+    naming ``what`` after ``timeout`` seconds. Tests wait on conditions like this, never on a fixed sleep."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for_port(port: int, timeout: float = 20) -> None:
+    try:
+        wait_until(lambda: listening(port), timeout, f"something to listen on 127.0.0.1:{port}")
+    except AssertionError as exc:
+        raise RuntimeError(str(exc)) from None
 
 
 def uploaded_path(location: str) -> Path:

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from farmhand.compress import open_decompressed
-from support import busybox_task, read_log, run_measuring_peak_rss
+from support import busybox_task, read_log, run_measuring_peak_rss, wait_until
 
 
 def _write(tmp_path: Path, name: str, doc: Any) -> Path:
@@ -109,16 +109,15 @@ def test_200_megabytes_of_output_with_bounded_worker_memory(tmp_path, workdir):
 
 def test_sigterm_cancels_cleanly_and_keeps_the_partial_log(tmp_path, workdir, client):
     import signal
-    import time
 
     cfg = _config(tmp_path, workdir)
     task = _write(tmp_path, "long.yml", busybox_task("echo partial-output; sleep 300", task_id="cancel-1"))
     proc = subprocess.Popen([sys.executable, "-m", "farmhand", "--config", str(cfg), "run-task", "--json", str(task)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not client.containers.list(filters={"label": "farmhand.task-id=cancel-1"}):
-        assert time.monotonic() < deadline, "the task's container never started"
-        time.sleep(0.1)
-    time.sleep(0.5)
+
+    def printed() -> bool:  # the output the partial log must keep is out of the task
+        return any(b"partial-output" in c.logs() for c in client.containers.list(filters={"label": "farmhand.task-id=cancel-1"}))
+
+    wait_until(printed, 30, "the task's container to print its first line")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err

@@ -20,10 +20,10 @@ import pytest
 import redis as redis_lib
 import yaml
 
-from dispatch_support import RabbitMQ, Redis, WorkerProcess, counted_task, discard_left_tasks, runs_of, sleep_task, wait_until
+from dispatch_support import RabbitMQ, Redis, WorkerProcess, counted_task, discard_left_tasks, runs_of, settled, sleep_task, wait_until
 from farmhand.client import Client
 from farmhand.config import load_config
-from farmhand.sandbox import TASK_LABEL
+from farmhand.sandbox import ROLE_LABEL, TASK_LABEL
 from support import BUSYBOX
 
 
@@ -146,10 +146,12 @@ def test_stage_states_are_visible_to_any_celery_client(redis_farm: Farm) -> None
     client = redis_farm.client()
     handle = client.submit(sleep_task(3))
     seen = set()
-    deadline = time.monotonic() + 60
-    while not handle.done() and time.monotonic() < deadline:
+
+    def finished_noting_states() -> bool:
         seen.add(client.app.AsyncResult(handle.task_id).state)
-        time.sleep(0.05)
+        return handle.done()
+
+    wait_until(finished_noting_states, 60, "the task to finish", interval=0.05)
     assert "RUNNING" in seen, seen
     assert seen <= {"PENDING", "RECEIVED", "PREPARING", "RUNNING", "UPLOADING", "SUCCESS"}, seen
     assert handle.result(timeout=10)["state"] == "succeeded"
@@ -165,13 +167,29 @@ def test_queues_are_routed_to_the_workers_that_serve_them(redis_farm: Farm) -> N
     assert docs["default"]["workspace"].startswith(str(large.working_dir))
 
 
-def test_concurrency_is_honoured_one_task_waits(redis_farm: Farm) -> None:
+def test_concurrency_is_honoured_one_task_waits(redis_farm: Farm, client) -> None:
     redis_farm.worker(concurrency=2)
-    client = redis_farm.client()
-    handles = [client.submit(sleep_task(4)) for _ in range(3)]
-    time.sleep(2.5)
+    fh = redis_farm.client()
+    handles = [fh.submit(sleep_task(4)) for _ in range(3)]
+    ids = {h.task_id for h in handles}
+    most = 0  # the most task containers seen running at once, over the whole run
+
+    def running() -> int:
+        nonlocal most
+        now = sum(c["Labels"].get(TASK_LABEL) in ids for c in client.api.containers(filters={"label": TASK_LABEL, "status": "running"}))
+        most = max(most, now)
+        return now
+
+    wait_until(lambda: running() >= 2, 60, "two of the three tasks to run")
     states = sorted(h.state for h in handles)
     assert states.count("running") == 2 and states.count("pending") == 1, states
+
+    def all_done() -> bool:
+        running()  # counting on while the third task runs
+        return all(h.done() for h in handles)
+
+    wait_until(all_done, 90, "the three tasks to finish")
+    assert most == 2, f"{most} tasks ran at once on a worker with CONCURRENCY=2"
     docs = [h.result(timeout=60) for h in handles]
     assert all(d["state"] == "succeeded" for d in docs)
     first_end = min(d["finished_at"] for d in docs)
@@ -182,7 +200,7 @@ def test_concurrency_is_honoured_one_task_waits(redis_farm: Farm) -> None:
 def test_cancel_before_start_and_while_running(broker: str, request: pytest.FixtureRequest, farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
     env = {"BROKER_URL": request.getfixturevalue("redis_server" if broker == "redis" else "rabbitmq").url, "RESULT_BACKEND": request.getfixturevalue("redis_server").url}
     farm = farm_factory(env)
-    farm.worker(concurrency=1)
+    worker = farm.worker(concurrency=1)
     fh = farm.client()
     counter = f"cancel-{uuid.uuid4().hex[:8]}"
     running = fh.submit(counted_task(counter, seconds=120))
@@ -198,7 +216,8 @@ def test_cancel_before_start_and_while_running(broker: str, request: pytest.Fixt
     assert doc["log"]["location"] and doc["log"]["size"] > 0  # the partial log was uploaded
     never = queued.result(timeout=30)
     assert (never["state"], never["reason"]) == ("exception", "cancelled")
-    time.sleep(1)
+    # The worker journals a task it discards as finished, and one it runs only once its run is over.
+    wait_until(lambda: worker.journal_stage(queued.task_id) == "finished", 30, "the worker to take and discard the queued task")
     assert runs_of(client, counter) == 1  # the queued task never ran
 
 
@@ -230,9 +249,10 @@ class ResultCounter:
 
 @pytest.mark.parametrize("stage", ["prepare", "run", "upload"])
 def test_kill_9_in_each_stage_gives_exactly_one_result_and_no_orphan(stage: str, redis_farm: Farm, redis_server: Redis, client) -> None:
-    worker = redis_farm.worker(concurrency=1)
+    queue = f"kill-{stage}-{uuid.uuid4().hex[:8]}"  # its own queue, so the broker's count of it is this task's
+    worker = redis_farm.worker(concurrency=1, queues=queue)
     fh = redis_farm.client()
-    counter = f"kill-{stage}-{uuid.uuid4().hex[:8]}"
+    counter = queue
     task_id = uuid.uuid4().hex
     results = ResultCounter(redis_server.url, task_id)
     if stage == "prepare":
@@ -245,8 +265,15 @@ def test_kill_9_in_each_stage_gives_exactly_one_result_and_no_orphan(stage: str,
         task = counted_task(counter, seconds=0)
         task["command"][-1] += "; head -c 400000000 /dev/zero > /big.bin"
         task["artifacts"] = [{"path": "/big.bin", "name": "big.bin"}]
-    handle = fh.submit(task, task_id=task_id)
-    wait_until(lambda: worker.journal_stage(task_id) == stage, 90, f"the task to reach {stage}", interval=0.01)
+    handle = fh.submit(task, task_id=task_id, queue=queue)
+
+    def reached() -> bool:
+        if worker.journal_stage(task_id) != stage:
+            return False
+        # The run stage starts before its container does: what a kill in run must leave is a running command.
+        return stage != "run" or bool(client.containers.list(filters={"label": [f"{TASK_LABEL}={task_id}", f"{ROLE_LABEL}=task"], "status": "running"}))
+
+    wait_until(reached, 90, f"the task to reach {stage}", interval=0.01)
     worker.kill9()
     assert handle.state != "succeeded"
     worker.start()
@@ -255,7 +282,8 @@ def test_kill_9_in_each_stage_gives_exactly_one_result_and_no_orphan(stage: str,
     assert any("resumed after the worker restarted" in w for w in doc["warnings"]) or stage == "prepare", doc["warnings"]
     if stage == "upload":
         assert doc["artifacts"][0]["size"] == 400_000_000 and doc["artifacts"][0]["location"]
-    time.sleep(2)
+    # A second result could only come from a report not yet marked done, a delivery still held, or a run in progress.
+    wait_until(lambda: worker.journal_reported(task_id) and settled(fh.app, redis_server, queue, [worker]), 60, "the worker to be done with the task")
     assert results.count() == 1
     assert runs_of(client, counter) == 1
     assert client.containers.list(all=True, filters={"label": f"farmhand.task-id={task_id}"}) == []
@@ -309,13 +337,19 @@ def test_a_task_longer_than_the_delivery_timeouts_runs_once(broker: str, request
     if broker == "redis":
         env["BROKER_VISIBILITY_TIMEOUT"] = "2"
     farm = farm_factory(env)
-    farm.worker(concurrency=2)
+    queue = counter = f"timeout-{broker}-{uuid.uuid4().hex[:8]}"  # its own queue, so the broker's count of it is this task's
+    worker = farm.worker(concurrency=2, queues=queue)
     fh = farm.client()
-    counter = f"timeout-{broker}-{uuid.uuid4().hex[:8]}"
-    doc = fh.submit(counted_task(counter, seconds=9)).result(timeout=90)  # 3x RabbitMQ's consumer_timeout
+    doc = fh.submit(counted_task(counter, seconds=9), queue=queue).result(timeout=90)  # 3x RabbitMQ's consumer_timeout
     assert doc["state"] == "succeeded"
-    time.sleep(3)
+    # Redelivery needs a message the broker still holds; a second run would be an active task.
+    server = request.getfixturevalue("redis_server" if broker == "redis" else "rabbitmq")
+    wait_until(lambda: settled(fh.app, server, queue, [worker]), 60, "the broker and the worker to be done with the task")
     assert runs_of(client, counter) == 1
+
+
+#: What Celery's consumer logs when its broker connection drops.
+BROKER_LOST = "Connection to broker lost"
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
@@ -329,12 +363,13 @@ def test_broker_restart_mid_task_the_result_still_arrives(broker: str, request: 
         env = {"BROKER_URL": server.url, "RESULT_BACKEND": result_store.url}
     farm = farm_factory(env)
     try:
-        farm.worker(concurrency=1)
+        worker = farm.worker(concurrency=1)
         fh = farm.client()
         handle = fh.submit(sleep_task(8))
         wait_until(lambda: handle.state == "running", 60, "the task to run")
+        offset = len(worker.log())
         server.stop()
-        time.sleep(2)
+        wait_until(lambda: BROKER_LOST in worker.log()[offset:], 30, "the worker to lose its broker connection")
         server.start()
         doc = Client(fh.config).get(handle.task_id).result(timeout=90)
         assert doc["state"] == "succeeded"
@@ -420,7 +455,8 @@ def test_stage_changes_are_sent_as_celery_events(rabbitmq: RabbitMQ, redis_serve
         receiver = fh.app.events.Receiver(conn, handlers={"*": seen.append})
         listener = threading.Thread(target=lambda: receiver.capture(limit=None, timeout=30, wakeup=True), daemon=True)
         listener.start()
-        time.sleep(1)
+        # Consuming, the receiver asks the workers for a heartbeat (wakeup=True): its first event shows it listens.
+        wait_until(lambda: seen, 20, "the receiver's first event")
         handle = fh.submit(hello())
         assert handle.result(timeout=60)["state"] == "succeeded"
         wait_until(lambda: any(e["type"] == "task-succeeded" and e.get("uuid") == handle.task_id for e in seen), 20, "task-succeeded")

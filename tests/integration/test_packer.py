@@ -128,7 +128,9 @@ def test_fmt_check_rejects_misformatted_hcl(packer: str, tmp_path: Path) -> None
 def test_playbooks_pass_ansible_syntax_check(ansible_playbook: Path, tmp_path: Path) -> None:
     playbook_cmd = ansible_playbook
     env = dict(os.environ, ANSIBLE_CONFIG=str(PACKER_DIR / "ansible.cfg"), ANSIBLE_LOCAL_TEMP=str(tmp_path))
-    for playbook in sorted((PACKER_DIR / "playbooks").glob("*.yml")):
+    playbooks = sorted((PACKER_DIR / "playbooks").glob("*.yml"))
+    assert playbooks, f"no playbooks under {PACKER_DIR / 'playbooks'}"
+    for playbook in playbooks:
         res = subprocess.run(
             [str(playbook_cmd), "--syntax-check", "-i", "localhost,", str(playbook)],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=120,

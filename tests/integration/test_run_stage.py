@@ -124,9 +124,10 @@ def test_secret_values_are_masked_and_never_stored(run_task, workdir):
     log = read_log(result.log["location"]).decode()
     assert secret not in log and "hunter2" not in log
     assert "token=***" in log and "user=visible-user" in log
-    for stored in (workdir / "tasks" / "secret-1").rglob("*"):
-        if stored.is_file():
-            assert secret.encode() not in read_decompressed(stored), stored
+    stored_files = [p for p in (workdir / "tasks" / "secret-1").rglob("*") if p.is_file()]
+    assert stored_files, "the task's workspace keeps its log and result"
+    for stored in stored_files:
+        assert secret.encode() not in read_decompressed(stored), stored
     assert secret not in json.dumps(result.to_dict())
 
 

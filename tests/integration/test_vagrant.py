@@ -65,7 +65,9 @@ def test_vagrantfile_runs_site_yml_on_debian12() -> None:
 
 
 def test_provisioning_scripts_parse() -> None:
-    for script in sorted((REPO / "vagrant").glob("*.sh")):
+    scripts = sorted((REPO / "vagrant").glob("*.sh"))
+    assert scripts, "no provisioning scripts under vagrant/"
+    for script in scripts:
         res = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert res.returncode == 0, f"{script.name}: {res.stderr}"
 

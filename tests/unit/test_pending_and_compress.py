@@ -89,13 +89,17 @@ def test_a_failed_try_is_recorded_with_backoff_and_nothing_is_lost(setup: tuple[
 def test_an_entry_in_use_is_not_tried_twice(setup: tuple[WorkerConfig, Path, Path], tmp_path: Path) -> None:
     import fcntl
 
-    cfg, _, _ = setup
+    cfg, warehouse, _ = setup
     entry = pending.hand_off(cfg, "t4", cfg.upload_default, _items(tmp_path / "ws"), error="x")
     with open(entry.path / "job.json", "rb") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         with pytest.raises(pending.Busy):
             pending.deliver(cfg, entry)
-    pending.deliver(cfg, entry)
+    assert pending.find(cfg, "t4").job["tries"] == 1, "the refused try is not counted"
+    assert not (warehouse / "t4").exists()
+    locations = pending.deliver(cfg, entry)  # once the holder lets go, it goes through
+    assert locations["tree/sub/f.txt"] == (warehouse / "t4" / "tree" / "sub" / "f.txt").as_uri()
+    assert pending.entries(cfg) == []
 
 
 def test_cli_pending_list_retry_discard(setup: tuple[WorkerConfig, Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -55,9 +55,11 @@ def test_a_key_others_can_read_stops_startup(tmp_path: Path, mode: int) -> None:
 def test_group_readable_key_is_accepted(tmp_path: Path) -> None:
     """Only access by other users (world) is refused; group access is the operator's choice."""
     path = tmp_path / "id"
-    keys.generate(path)
+    key = keys.generate(path)
     path.chmod(0o640)
-    keys.load_private_key(path)
+    loaded = keys.load_private_key(path)  # no ConfigError, unlike the modes others can read
+    assert loaded.get_base64() == key.get_base64()
+    assert path.stat().st_mode & 0o777 == 0o640, "loading left the operator's mode alone"
 
 
 @pytest.mark.parametrize(

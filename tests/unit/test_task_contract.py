@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -143,7 +144,7 @@ def test_defaults_of_a_minimal_task() -> None:
     assert svc.readiness == Readiness(command=["true"], timeout=60.0, interval=0.5)
     assert t.resources_requested == frozenset()
     assert (t.resources.cpus, t.resources.memory, t.resources.pids, t.resources.shm_size) == (None,) * 4
-    assert len(t.task_id) == 32 and int(t.task_id, 16) >= 0  # a generated uuid4 hex
+    assert uuid.UUID(hex=t.task_id).hex == t.task_id and uuid.UUID(hex=t.task_id).version == 4  # a generated uuid4, as 32 hex digits
     assert parse_task(MINIMAL).task_id != t.task_id
 
 
