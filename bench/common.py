@@ -29,9 +29,11 @@ INTEGRATION = REPO / "tests" / "integration"  # the test suite's brokers, sshd a
 
 
 def use_test_helpers() -> None:
-    """Make tests/integration importable (support, dispatch_support, sshd)."""
-    if str(INTEGRATION) not in sys.path:
-        sys.path.insert(0, str(INTEGRATION))
+    """Make the test suite's helpers importable: tests/integration (support, dispatch_support, sshd) and
+    tests/ (decompressing), as the suite's own conftest does."""
+    for folder in (INTEGRATION, INTEGRATION.parent):
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
 
 
 def timed(fn: Callable[[], Any]) -> float:

@@ -39,7 +39,7 @@ use_test_helpers()
 import docker  # noqa: E402
 import yaml  # noqa: E402
 from dispatch_support import RabbitMQ, WorkerProcess, counted_task, discard_left_tasks, runs_of  # noqa: E402
-from farmhand.client import Client  # noqa: E402
+from farmhand.dispatch.client import Client  # noqa: E402
 from farmhand.config import load_config  # noqa: E402
 from support import BUSYBOX  # noqa: E402
 

@@ -24,7 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_json_arg, emit, row, timed  # noqa: E402
 from farmhand.config import load_config  # noqa: E402
-from farmhand.engine import Engine, connect_docker  # noqa: E402
+from farmhand.docker_client import connect  # noqa: E402
+from farmhand.engine import Engine  # noqa: E402
 from farmhand.network_pool import NetworkPool  # noqa: E402
 
 IMAGE = "farmhand-test/busybox:latest"
@@ -41,7 +42,7 @@ def main() -> None:
         cfg_path = Path(tmp) / "config.yml"
         cfg_path.write_text(json.dumps({"working_dir": tmp}))
         config = load_config(cfg_path, environ={})
-        client = connect_docker(config)
+        client = connect(config)
         # One engine alone (farmhand run-task) creates its task network and removes it; a worker keeps them.
         pool = NetworkPool(client, owner=f"bench-{os.getpid()}", keep=1)
         for net in args.networks.split(","):

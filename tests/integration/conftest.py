@@ -37,9 +37,11 @@ def client() -> docker.DockerClient:
 
 
 def _owned(client: docker.DockerClient) -> tuple[list[str], list[str], set[str]]:
-    containers = [c.name for c in client.containers.list(all=True, filters={"label": TASK_LABEL})]
-    networks = [n.name for n in client.networks.list(filters={"label": POOL_LABEL})]
-    volumes = {v.name for v in client.volumes.list()}
+    # The low-level listings: one request each, where the model API inspects every object it lists
+    # (and fails when one goes in between).
+    containers = [c["Names"][0].lstrip("/") for c in client.api.containers(all=True, filters={"label": TASK_LABEL})]
+    networks = [n["Name"] for n in client.api.networks(filters={"label": POOL_LABEL})]
+    volumes = {v["Name"] for v in client.api.volumes().get("Volumes") or []}
     return containers, networks, volumes
 
 

@@ -113,12 +113,18 @@ class RabbitMQ:
     def _ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["/usr/lib/rabbitmq/bin/rabbitmqctl", "-n", self.name, *args], env=self._env(), capture_output=True, text=True, timeout=60)
 
+    def _queue_counts(self, column: str) -> dict[str, int]:
+        out = self._ctl("list_queues", "--quiet", "--no-table-headers", "name", column)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return {name: int(n) for name, n in (line.rsplit(None, 1) for line in out.stdout.splitlines() if line.strip())}
+
     def messages(self, queue: str) -> int:
         """Messages of ``queue`` the broker still holds, ready or delivered and not acknowledged."""
-        out = self._ctl("list_queues", "--quiet", "--no-table-headers", "name", "messages")
-        assert out.returncode == 0, out.stdout + out.stderr
-        counts = dict(line.rsplit(None, 1) for line in out.stdout.splitlines() if line.strip())
-        return int(counts.get(queue, 0))
+        return self._queue_counts("messages").get(queue, 0)
+
+    def unacknowledged(self, queue: str) -> int:
+        """Messages of ``queue`` delivered to a consumer and not acknowledged yet."""
+        return self._queue_counts("messages_unacknowledged").get(queue, 0)
 
     def stop(self) -> None:
         if self.proc is None:
@@ -205,6 +211,15 @@ class WorkerProcess:
         row = self._journal(task_id)
         return row[0] if row else None
 
+    def journal_revoked(self, task_id: str) -> bool:
+        """The worker keeps ``task_id``'s cancellation in its journal."""
+        path = self.working_dir / "journal.sqlite"
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+                return db.execute("SELECT 1 FROM revoked WHERE task_id = ?", (task_id,)).fetchone() is not None
+        except sqlite3.Error:  # not created yet
+            return False
+
     def journal_reported(self, task_id: str) -> bool:
         """The worker has reported the task's result (and so will not report it again)."""
         row = self._journal(task_id)
@@ -232,6 +247,18 @@ def runs_of(client: Any, counter: str) -> int:
         BUSYBOX, ["sh", "-c", f"cat /count/{counter} 2>/dev/null || true"], volumes={"farmhand-cache-runcount": {"bind": "/count", "mode": "ro"}}, remove=True
     )
     return out.decode().count("run")
+
+
+class MostRunning:
+    """The most task containers of ``ids`` seen running at once, over every poll of a test."""
+
+    def __init__(self, client: Any, ids: set[str]) -> None:
+        self.client, self.ids, self.most = client, ids, 0
+
+    def now(self) -> int:
+        running = sum(c["Labels"].get(TASK_LABEL) in self.ids for c in self.client.api.containers(filters={"label": TASK_LABEL, "status": "running"}))
+        self.most = max(self.most, running)
+        return running
 
 
 def discard_left_tasks(docker_client: Any, task_ids: set[str] | None = None) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from farmhand.compress import open_decompressed
+from decompressing import open_decompressed
 
 BUSYBOX = "farmhand-test/busybox:latest"
 

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from farmhand.compress import open_decompressed
+from decompressing import open_decompressed
 from support import busybox_task, read_log, run_measuring_peak_rss, wait_until
 
 

@@ -39,9 +39,9 @@ def test_symlink_artifact_to_etc_shadow_yields_no_host_data(run_task, workdir, c
     assert (result.state, result.reason) == ("failed", "artifact-invalid")
     assert "symbolic link" in result.message
     shadow, directory = result.artifacts
-    assert shadow["present"] is False and shadow["location"] is None
-    assert [f["path"] for f in directory["files"]] == ["ok.txt"]
-    assert any("shadow-link" in s for s in directory["skipped"]) and any("climb" in s for s in directory["skipped"])
+    assert shadow.present is False and shadow.location is None
+    assert [f.path for f in directory.files] == ["ok.txt"]
+    assert any("shadow-link" in s for s in directory.skipped) and any("climb" in s for s in directory.skipped)
     everything = _all_bytes_under(workdir)
     assert everything, "the workspace and warehouse hold the task's files"
     for blob in everything:
@@ -65,7 +65,7 @@ def test_missing_required_artifact_fails_optional_does_not(run_task):
     assert (result.state, result.reason) == ("failed", "artifact-missing")
     assert "/tmp/nope-required" in result.message and "nope-optional" not in result.message
     present = result.artifacts[0]
-    assert present["present"] and present["location"] and Path(urlsplit(present["location"]).path).read_text() == "hi\n"
+    assert present.present and present.location and Path(urlsplit(present.location).path).read_text() == "hi\n"
 
 
 def test_artifact_of_the_wrong_type_is_invalid(run_task):
@@ -120,8 +120,61 @@ def test_artifacts_over_the_workers_disk_budget_fail_without_filling_the_disk(ru
     assert (result.state, result.reason) == ("failed", "artifact-too-large")
     assert "limits.artifacts_max_bytes" in result.message
     small, big = result.artifacts
-    assert small["present"] and small["size"] == 700000
-    assert big["present"] is False and big["location"] is None
+    assert small.present and small.size == 700000
+    assert big.present is False and big.location is None
     warehouse = workdir / "warehouse" / "budget-1"
     assert (warehouse / "small.bin").stat().st_size == 700000
     assert not (warehouse / "big").exists()
+
+
+def test_a_link_anywhere_on_an_artifact_path_is_refused_never_followed(run_task, workdir):
+    """A trailing slash makes Docker resolve a link before archiving; an inner link is resolved too."""
+    result = run_task(
+        busybox_task(
+            "mkdir -p /out/real; echo inside > /out/real/f.txt; ln -s / /out/link_root; ln -s /out/real /out/inner",
+            task_id="links-1",
+            artifacts=[
+                {"path": "/out/link_root/", "name": "root", "type": "directory", "optional": True},
+                {"path": "/out/link_root/etc/passwd", "name": "passwd", "optional": True},
+                {"path": "/out/inner/f.txt", "name": "via-inner", "optional": True},
+                {"path": "/out/real/", "name": "real", "type": "directory"},
+            ],
+        )
+    )
+    assert (result.state, result.reason) == ("succeeded", None), result.message
+    root, passwd, inner, real = result.artifacts
+    for refused in (root, passwd, inner):
+        assert refused.present is False and "symbolic link" in refused.problem, refused
+    assert [f.path for f in real.files] == ["f.txt"]
+    warehouse = workdir / "warehouse" / "links-1"
+    assert sorted(p.name for p in warehouse.iterdir()) == ["real", "task.log.zst"], "nothing of the container's root came out"
+
+
+def test_a_file_name_the_warehouse_refuses_fails_at_collection_and_waits_nowhere(run_task, workdir):
+    result = run_task(
+        busybox_task(
+            "mkdir -p /out/d; echo ok > /out/d/fine.txt; echo bad > \"/out/d/$(printf 'bad\\001name')\"",
+            task_id="ctrl-1",
+            artifacts=[{"path": "/out/d", "name": "d", "type": "directory"}],
+        )
+    )
+    assert (result.state, result.reason) == ("failed", "artifact-invalid")
+    assert "bad\\x01name" in result.message and "control characters" in result.message
+    assert not (workdir / "pending").exists() or list((workdir / "pending").iterdir()) == [], "nothing is parked to be retried forever"
+    assert (workdir / "warehouse" / "ctrl-1" / "task.log.zst").is_file(), "the log still travels"
+
+
+def test_hard_linked_files_in_a_directory_artifact_are_collected(run_task, workdir):
+    result = run_task(
+        busybox_task(
+            "mkdir -p /out/d/sub; echo same-bytes > /out/d/a.txt; ln /out/d/a.txt /out/d/sub/b.txt",
+            task_id="hardlink-1",
+            artifacts=[{"path": "/out/d", "name": "d", "type": "directory"}],
+        )
+    )
+    assert (result.state, result.reason) == ("succeeded", None), result.message
+    (d,) = result.artifacts
+    assert sorted(f.path for f in d.files) == ["a.txt", "sub/b.txt"] and not d.skipped
+    warehouse = workdir / "warehouse" / "hardlink-1" / "d"
+    assert (warehouse / "a.txt").read_text() == (warehouse / "sub" / "b.txt").read_text() == "same-bytes\n"
+    assert not result.warnings

@@ -20,7 +20,7 @@ import pytest
 import redis as redis_lib
 import yaml
 
-from dispatch_support import RabbitMQ, Redis, WorkerProcess, counted_task, discard_left_tasks, runs_of, settled, sleep_task, wait_until
+from dispatch_support import MostRunning, RabbitMQ, Redis, WorkerProcess, counted_task, discard_left_tasks, runs_of, settled, sleep_task, wait_until
 from farmhand.client import Client
 from farmhand.config import load_config
 from farmhand.sandbox import ROLE_LABEL, TASK_LABEL
@@ -171,25 +171,17 @@ def test_concurrency_is_honoured_one_task_waits(redis_farm: Farm, client) -> Non
     redis_farm.worker(concurrency=2)
     fh = redis_farm.client()
     handles = [fh.submit(sleep_task(4)) for _ in range(3)]
-    ids = {h.task_id for h in handles}
-    most = 0  # the most task containers seen running at once, over the whole run
-
-    def running() -> int:
-        nonlocal most
-        now = sum(c["Labels"].get(TASK_LABEL) in ids for c in client.api.containers(filters={"label": TASK_LABEL, "status": "running"}))
-        most = max(most, now)
-        return now
-
-    wait_until(lambda: running() >= 2, 60, "two of the three tasks to run")
+    watch = MostRunning(client, {h.task_id for h in handles})
+    wait_until(lambda: watch.now() >= 2, 60, "two of the three tasks to run")
     states = sorted(h.state for h in handles)
     assert states.count("running") == 2 and states.count("pending") == 1, states
 
     def all_done() -> bool:
-        running()  # counting on while the third task runs
+        watch.now()  # counting on while the third task runs
         return all(h.done() for h in handles)
 
     wait_until(all_done, 90, "the three tasks to finish")
-    assert most == 2, f"{most} tasks ran at once on a worker with CONCURRENCY=2"
+    assert watch.most == 2, f"{watch.most} tasks ran at once on a worker with CONCURRENCY=2"
     docs = [h.result(timeout=60) for h in handles]
     assert all(d["state"] == "succeeded" for d in docs)
     first_end = min(d["finished_at"] for d in docs)
@@ -289,9 +281,9 @@ def test_kill_9_in_each_stage_gives_exactly_one_result_and_no_orphan(stage: str,
     assert client.containers.list(all=True, filters={"label": f"farmhand.task-id={task_id}"}) == []
 
 
-def test_kill_9_loses_no_task_the_embedded_broker_had_handed_over(farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
-    """A full node may hold one fetched task it has not journaled (the prefetch floor); SQLite keeps no
-    delivery timeout to give it back, so the next start must, and the task runs exactly once."""
+def test_kill_9_loses_no_task_of_a_full_embedded_node(farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
+    """A full node takes nothing it cannot start (a taken row is invisible to everyone else, and SQLite keeps no
+    delivery timeout to give it back); killed, it loses nothing, and each task runs exactly once."""
     farm = farm_factory({})
     worker = farm.worker(concurrency=1)
     fh = farm.client()
@@ -300,10 +292,13 @@ def test_kill_9_loses_no_task_the_embedded_broker_had_handed_over(farm_factory: 
     wait_until(lambda: first.state == "running", 60, "the first task to run")
     second = fh.submit(counted_task(waiting))
     broker = worker.working_dir / "broker.sqlite"
-    def handed_over() -> bool:  # the row is taken (invisible) while the task is in no journal
+
+    def rows(visible: int) -> int:
         with sqlite3.connect(f"file:{broker}?mode=ro", uri=True, timeout=5) as db:
-            return db.execute("SELECT count(*) FROM kombu_message WHERE visible = 0").fetchone()[0] >= 1
-    wait_until(handed_over, 30, "the second task to be fetched by the busy node")
+            return int(db.execute("SELECT count(*) FROM kombu_message WHERE visible = ?", (visible,)).fetchone()[0])
+
+    wait_until(lambda: rows(1) == 1, 30, "the second task to wait in the broker")
+    assert rows(0) == 0, "the full node took a message it cannot start"
     assert worker.journal_stage(second.task_id) is None
     worker.kill9()
     worker.start()
@@ -465,3 +460,155 @@ def test_stage_changes_are_sent_as_celery_events(rabbitmq: RabbitMQ, redis_serve
     stages = [(e["stage"], e["status"]) for e in mine if e["type"] == "task-stage"]
     assert ("prepare", "started") in stages and ("run", "finished") in stages and ("upload", "finished") in stages, stages
     assert {"task-received", "task-started", "task-succeeded"} <= {e["type"] for e in mine}
+
+
+def test_a_second_worker_on_the_same_working_dir_is_refused(farm_factory: Callable[[dict[str, str]], Farm]) -> None:
+    """Two workers on one WORKING_DIR (and so one embedded broker) would each resume the other's tasks."""
+    farm = farm_factory({})
+    worker = farm.worker(concurrency=1)
+    second = subprocess.run(
+        [sys.executable, "-m", "farmhand", "--config", str(worker.config_path), "worker"],
+        env=worker.env, capture_output=True, text=True, timeout=60,
+    )
+    assert second.returncode == 4, second.stderr
+    assert "another farmhand worker serves it" in second.stderr and str(worker.working_dir) in second.stderr
+    assert worker.proc is not None and worker.proc.poll() is None, "the first worker goes on"
+    assert farm.client().submit(counted_task(f"lock-{uuid.uuid4().hex[:8]}")).result(timeout=60)["state"] == "succeeded"
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq", "embedded"])
+def test_a_task_cancelled_while_queued_never_runs_across_restarts(broker: str, request: pytest.FixtureRequest, farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
+    """SIGTERM skips Celery's save of its revoked set (and that set expires after 3 h): the journal keeps it."""
+    env = {} if broker == "embedded" else {"BROKER_URL": request.getfixturevalue("rabbitmq").url, "RESULT_BACKEND": request.getfixturevalue("redis_server").url}
+    farm = farm_factory(env)
+    worker = farm.worker(concurrency=1)
+    fh = farm.client()
+    busy_counter, queued_counter = f"busy-{uuid.uuid4().hex[:8]}", f"cancelled-{uuid.uuid4().hex[:8]}"
+    busy = fh.submit(counted_task(busy_counter, seconds=4))
+    wait_until(lambda: busy.state == "running", 60, "the first task to run")
+    queued = fh.submit(counted_task(queued_counter))
+    fh.cancel(queued.task_id)
+    wait_until(lambda: worker.journal_revoked(queued.task_id), 30, "the worker to keep the cancellation")
+    for _ in range(2):  # restarts as systemctl restart does them
+        worker.signal(signal.SIGTERM)
+        worker.wait(30)
+        worker.start()
+    assert busy.result(timeout=90)["state"] == "succeeded"
+    never = queued.result(timeout=60)
+    assert (never["state"], never["reason"]) == ("exception", "cancelled"), never
+    wait_until(lambda: worker.journal_stage(queued.task_id) == "finished", 30, "the worker to take and discard the cancelled task")
+    assert runs_of(client, queued_counter) == 0, "the cancelled task ran"
+    assert runs_of(client, busy_counter) == 1
+
+
+def test_a_dropped_connection_gives_each_task_one_result(rabbitmq: RabbitMQ, redis_server: Redis, farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
+    """The connection closes while one task runs and one waits: the full node holds the waiting one nowhere
+    (so nothing comes back to be run or reported twice), reconnects at once and runs it."""
+    queue = f"blip-{uuid.uuid4().hex[:8]}"
+    farm = farm_factory({"BROKER_URL": rabbitmq.url, "RESULT_BACKEND": redis_server.url})
+    worker = farm.worker(concurrency=1, queues=queue)
+    fh = farm.client()
+    counters = [f"blip-{i}-{uuid.uuid4().hex[:8]}" for i in range(2)]
+    running = fh.submit(counted_task(counters[0], seconds=4), queue=queue)
+    results = {running.task_id: ResultCounter(redis_server.url, running.task_id)}
+    wait_until(lambda: running.state == "running", 60, "the first task to run")
+    waiting = fh.submit(counted_task(counters[1]), queue=queue)
+    results[waiting.task_id] = ResultCounter(redis_server.url, waiting.task_id)
+    wait_until(lambda: rabbitmq.messages(queue) == 1, 30, "the waiting task to reach its queue")
+    assert rabbitmq.unacknowledged(queue) == 0, "a full node holds no message it cannot start"
+    offset = len(worker.log())
+    closed = rabbitmq._ctl("close_all_connections", "fault injection")
+    assert closed.returncode == 0, closed.stdout + closed.stderr
+    wait_until(lambda: BROKER_LOST in worker.log()[offset:] or "reconnect" in worker.log()[offset:].lower(), 30, "the worker to see its connection close")
+    for handle in (running, waiting):
+        assert handle.result(timeout=90)["state"] == "succeeded"
+    wait_until(lambda: rabbitmq.messages(queue) == 0, 60, "the redelivered copy to be taken and dropped")
+    after = fh.submit(hello(), queue=queue).result(timeout=60)  # the reconnected worker is healthy
+    assert after["state"] == "succeeded"
+    assert {task_id: counter.count() for task_id, counter in results.items()} == {running.task_id: 1, waiting.task_id: 1}
+    assert [runs_of(client, c) for c in counters] == [1, 1]
+    assert worker.proc is not None and worker.proc.poll() is None
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq", "redis"])
+def test_a_full_node_holds_nothing_and_an_idle_node_takes_what_waits(broker: str, request: pytest.FixtureRequest, farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
+    """Tasks many times longer than RabbitMQ's consumer_timeout (3 s here) or Redis's visibility_timeout
+    (2 s) on a full node, more waiting: nothing waits unacknowledged behind them, a second node takes the
+    waiting ones at once, every task runs and reports once, and both workers live on."""
+    redis_url = request.getfixturevalue("redis_server").url
+    env = {"BROKER_URL": redis_url if broker == "redis" else request.getfixturevalue("rabbitmq").url, "RESULT_BACKEND": redis_url}
+    if broker == "redis":
+        env["BROKER_VISIBILITY_TIMEOUT"] = "2"
+    server = request.getfixturevalue("redis_server" if broker == "redis" else "rabbitmq")
+    farm = farm_factory(env)
+    queue = f"full-{broker}-{uuid.uuid4().hex[:8]}"
+    full = farm.worker("full", concurrency=1, queues=queue)
+    fh = farm.client()
+    counters = [f"{queue}-{i}" for i in range(3)]
+    long_one = fh.submit(counted_task(counters[0], seconds=12), queue=queue)
+    wait_until(lambda: long_one.state == "running", 60, "the long task to run")
+    waiting = [fh.submit(counted_task(c, seconds=1), queue=queue) for c in counters[1:]]
+    wait_until(lambda: server.messages(queue) == 2, 30, "the other tasks to wait in their queue")
+    if broker == "rabbitmq":
+        assert server.unacknowledged(queue) == 0, "the full node holds a message it cannot start"
+    idle = farm.worker("idle", concurrency=1, queues=queue)
+    for handle in waiting:
+        assert handle.result(timeout=60)["state"] == "succeeded"
+    assert long_one.state == "running", "the idle node took the waiting tasks while the long one still ran"
+    assert long_one.result(timeout=60)["state"] == "succeeded"
+    wait_until(lambda: settled(fh.app, server, queue, [full, idle]), 60, "the broker and the workers to be done")
+    assert [runs_of(client, c) for c in counters] == [1, 1, 1]
+    for worker in (full, idle):
+        assert worker.proc is not None and worker.proc.poll() is None, f"a worker exited:\n{worker.log()[-3000:]}"
+        assert "Unrecoverable error" not in worker.log()
+
+
+def test_a_restarted_node_never_runs_more_than_its_slots(redis_farm: Farm, client) -> None:
+    """Killed with its slots full and more queued, a node re-adopts what ran: those hold its slots."""
+    worker = redis_farm.worker(concurrency=2)
+    fh = redis_farm.client()
+    first = [fh.submit(sleep_task(8)) for _ in range(2)]
+    wait_until(lambda: all(h.state == "running" for h in first), 60, "two tasks to run")
+    more = [fh.submit(sleep_task(1)) for _ in range(3)]
+    watch = MostRunning(client, {h.task_id for h in first + more})
+    worker.kill9()
+    worker.start()
+
+    def all_done() -> bool:
+        watch.now()
+        return all(h.done() for h in first + more)
+
+    wait_until(all_done, 120, "every task to finish")
+    assert watch.most <= 2, f"{watch.most} tasks ran at once on a worker with CONCURRENCY=2"
+    assert all(h.result(timeout=30)["state"] == "succeeded" for h in first + more)
+
+
+def test_no_celery_surface_shows_a_secret(rabbitmq: RabbitMQ, redis_server: Redis, farm_factory: Callable[[dict[str, str]], Farm]) -> None:
+    """Events (Flower, `celery events`), inspect (active, reserved, query_task) and the result store."""
+    import threading
+
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    farm = farm_factory({"BROKER_URL": rabbitmq.url, "RESULT_BACKEND": redis_server.url})
+    worker = farm.worker()
+    fh = farm.client()
+    task = sleep_task(3, env={"TOKEN": secret}, secret_env=["TOKEN"])
+    seen: list[dict[str, Any]] = []
+    with fh.app.connection_for_read() as conn:
+        receiver = fh.app.events.Receiver(conn, handlers={"*": seen.append})
+        listener = threading.Thread(target=lambda: receiver.capture(limit=None, timeout=30, wakeup=True), daemon=True)
+        listener.start()
+        wait_until(lambda: seen, 20, "the receiver's first event")
+        handle = fh.submit(task)
+        wait_until(lambda: handle.state == "running", 60, "the task to run")
+        inspect = fh.app.control.inspect(destination=[worker.node_name], timeout=5)
+        shown = [inspect.active(), inspect.reserved(), inspect.query_task(handle.task_id)]
+        assert handle.task_id in json.dumps(shown[0]), "inspect active lists the task"
+        assert handle.result(timeout=60)["state"] == "succeeded"
+        wait_until(lambda: any(e["type"] == "task-succeeded" and e.get("uuid") == handle.task_id for e in seen), 20, "task-succeeded")
+        receiver.should_stop = True
+    mine = [e for e in seen if e.get("uuid") == handle.task_id]
+    assert {"task-sent", "task-received"} <= {e["type"] for e in mine}
+    assert "***" in json.dumps([e for e in mine if e["type"] == "task-received"]), "the task is shown, masked"
+    stored = redis_lib.Redis.from_url(redis_server.url).get(f"celery-task-meta-{handle.task_id}")
+    for what, text in [("events", json.dumps(mine, default=str)), ("inspect", json.dumps(shown, default=str)), ("result store", str(stored)), ("worker log", worker.log())]:
+        assert secret not in text, f"the secret shows in {what}"

@@ -99,7 +99,7 @@ def test_tasks_in_turn_reuse_one_network_and_their_services_resolve(client, conf
         assert result.state == "succeeded", result.message
         assert result.warnings == []
         seen.append(_names(client, owner))
-        assert read_log(result.log["location"]).decode().strip().endswith(" web")
+        assert read_log(result.log.location).decode().strip().endswith(" web")
     assert len(seen[0]) == 1 and seen[0] == seen[1], "the second task ran on the first one's network"
     assert pool.close() == []
     assert _names(client, owner) == set()

@@ -9,7 +9,7 @@ from support import BUSYBOX, Recorder, busybox_task, read_log, web_service
 
 
 def _log(result) -> str:
-    return read_log(result.log["location"]).decode()
+    return read_log(result.log.location).decode()
 
 
 def _count_containers(client) -> int:

@@ -70,14 +70,14 @@ def test_success_with_file_and_directory_artifacts(run_task, workdir):
 def test_nonzero_exit_fails_and_keeps_the_log(run_task):
     result = run_task(busybox_task("echo about to fail; exit 3"))
     assert (result.state, result.reason, result.exit_code) == ("failed", "nonzero-exit", 3)
-    assert "about to fail" in read_log(result.log["location"]).decode()
+    assert "about to fail" in read_log(result.log.location).decode()
 
 
 def test_max_run_time_stops_the_task(run_task):
     result = run_task(busybox_task("echo started; sleep 300", max_run_time=2))
     assert (result.state, result.reason) == ("failed", "max-run-time")
     assert result.stages["run"]["duration"] < 15
-    assert "started" in read_log(result.log["location"]).decode()
+    assert "started" in read_log(result.log.location).decode()
 
 
 def test_idle_timeout_stops_a_silent_task_but_not_a_chatty_one(run_task):
@@ -99,7 +99,7 @@ def test_fork_bomb_is_held_by_the_pids_limit(run_task, client):
     assert result.reason in ("max-run-time", "nonzero-exit")
     if result.usage["samples"]:
         assert result.usage["peak_pids"] <= 40
-    assert "can't fork" in read_log(result.log["location"]).decode()
+    assert "can't fork" in read_log(result.log.location).decode()
     # The host is still able to start containers.
     assert client.containers.run("farmhand-test/busybox:latest", ["true"], remove=True) == b""
 
@@ -121,7 +121,7 @@ def test_secret_values_are_masked_and_never_stored(run_task, workdir):
         )
     )
     assert result.state == "succeeded", result.message
-    log = read_log(result.log["location"]).decode()
+    log = read_log(result.log.location).decode()
     assert secret not in log and "hunter2" not in log
     assert "token=***" in log and "user=visible-user" in log
     stored_files = [p for p in (workdir / "tasks" / "secret-1").rglob("*") if p.is_file()]
@@ -134,7 +134,7 @@ def test_secret_values_are_masked_and_never_stored(run_task, workdir):
 def test_hardening_no_new_privileges_and_reduced_capabilities(run_task):
     result = run_task(busybox_task("grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; ping -c1 -W1 127.0.0.1 && echo PING-OK || echo PING-DENIED"))
     assert result.state == "succeeded", result.message
-    log = read_log(result.log["location"]).decode()
+    log = read_log(result.log.location).decode()
     assert "NoNewPrivs:\t1" in log
     cap_eff = int(log.split("CapEff:\t")[1].split()[0], 16)
     assert not cap_eff & (1 << 13), "CAP_NET_RAW must be dropped"
@@ -145,7 +145,7 @@ def test_hardening_no_new_privileges_and_reduced_capabilities(run_task):
 def test_network_none_has_only_loopback(run_task):
     result = run_task(busybox_task("ls /sys/class/net", network="none"))
     assert result.state == "succeeded", result.message
-    lines = read_log(result.log["location"]).decode().splitlines()
+    lines = read_log(result.log.location).decode().splitlines()
     assert [line.split(" ", 1)[1] for line in lines] == ["lo"]
 
 
@@ -157,7 +157,7 @@ def test_limits_reach_the_container(run_task):
         )
     )
     assert result.state == "succeeded", result.message
-    lines = [line.split(" ", 1)[1] for line in read_log(result.log["location"]).decode().splitlines()]
+    lines = [line.split(" ", 1)[1] for line in read_log(result.log.location).decode().splitlines()]
     assert lines[0] == "2048"
     assert lines[1] == "16"  # ulimit -s reports KiB: 16384 bytes
     assert " 16384 " in lines[2]
@@ -167,12 +167,12 @@ def test_log_is_capped_and_truncation_marked(run_task, make_config):
     cfg = make_config(logs={"max_bytes": "64k"})
     result = run_task(busybox_task("yes 0123456789abcdef0123456789abcdef | head -c 2000000; echo; echo done"), cfg)
     assert result.state == "succeeded", result.message
-    assert result.log["truncated"] is True
-    assert result.log["dropped_bytes"] > 1_000_000
-    data = read_log(result.log["location"])
+    assert result.log.truncated is True
+    assert result.log.dropped_bytes > 1_000_000
+    data = read_log(result.log.location)
     assert len(data) <= 64 * 1024 + 200
     assert b"[farmhand] log truncated" in data
-    assert result.log["size"] == len(data)
+    assert result.log.size == len(data)
 
 
 def test_a_command_that_cannot_start_fails_the_task(run_task):
@@ -204,4 +204,4 @@ def test_a_child_killed_for_memory_does_not_fail_a_command_that_recovers(run_tas
     result = run_task(busybox_task("dd if=/dev/zero of=/dev/null bs=256M count=1 || echo recovered", resources={"memory": "32m"}))
     assert (result.state, result.reason) == ("succeeded", None)
     assert any("lack of memory" in w for w in result.warnings)
-    assert "recovered" in read_log(result.log["location"]).decode()
+    assert "recovered" in read_log(result.log.location).decode()

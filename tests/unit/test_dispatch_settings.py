@@ -12,7 +12,7 @@ import yaml
 from farmhand.config import load_config
 from farmhand.dispatch import settings
 from farmhand.errors import ConfigError
-from farmhand.journal import Journal
+from farmhand.dispatch.journal import Journal
 
 
 def config(tmp_path: Path, doc: dict | None = None, **env: str):

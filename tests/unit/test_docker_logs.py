@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from farmhand.docker_logs import OutputStream, demux, since_param
+from farmhand.docker_client import since_param
+from farmhand.docker_logs import OutputStream, demux
 
 
 def frame(stream: int, payload: bytes) -> bytes:

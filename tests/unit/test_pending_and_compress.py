@@ -13,10 +13,12 @@ import yaml
 
 from farmhand import pending
 from farmhand.cli import main
-from farmhand.compress import compress_file, open_decompressed
+from farmhand.compress import compress_file
 from farmhand.config import WorkerConfig, load_config
 from farmhand.errors import TaskProblem
 from farmhand.uploaders import UploadItem
+
+from decompressing import open_decompressed
 
 
 @pytest.fixture

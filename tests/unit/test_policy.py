@@ -10,7 +10,8 @@ import yaml
 
 from farmhand import config as config_module
 from farmhand import policy
-from farmhand.config import Resources, WorkerConfig, load_config
+from farmhand.config import WorkerConfig, load_config
+from farmhand.resources import Resources
 from farmhand.errors import ConfigError, PolicyDenied
 from farmhand.task import Task, parse_task
 
@@ -225,6 +226,8 @@ DENIALS: list[tuple[str, dict[str, Any], str]] = [
     ("ulimit int", {"resources": {"ulimits": {"nofile": 5000}}}, "task.resources.ulimits.nofile"),
     ("ulimit unlimited", {"resources": {"ulimits": {"nofile": -1}}}, "task.resources.ulimits.nofile: unlimited is above"),
     ("ulimit hard unlimited", {"resources": {"ulimits": {"nofile": {"soft": 100, "hard": -1}}}}, "task.resources.ulimits.nofile: unlimited is above"),
+    ("ulimit without a ceiling", {"resources": {"ulimits": {"rtprio": 99}}}, "task.resources.ulimits.rtprio: this worker sets no ceiling for it"),
+    ("memlock without a ceiling", {"resources": {"ulimits": {"memlock": -1}}}, "task.resources.ulimits.memlock: this worker sets no ceiling"),
     ("privileged", {"privileged": True}, "task.privileged: privileged containers are not allowed"),
     ("cap_add", {"cap_add": ["SYS_ADMIN"]}, "task.cap_add: capability SYS_ADMIN is not allowed"),
     ("mount outside", {"mounts": [{"source": "/etc", "target": "/x"}]}, "task.mounts[0].source: host path '/etc' may not be mounted"),
@@ -269,7 +272,7 @@ ALLOWED: list[tuple[str, dict[str, Any]]] = [
         "resources at ceilings",
         {"resources": {"cpus": 2, "memory": "1g", "pids": 256, "shm_size": "128m", "ulimits": {"nofile": 4096}}},
     ),
-    ("ulimit not capped", {"resources": {"ulimits": {"core": -1, "nproc": 1 << 20}}}),
+    ("ulimit lowered under its ceiling", {"resources": {"ulimits": {"nofile": {"soft": 64, "hard": 128}}}}),
     ("allowed cap", {"cap_add": ["SYS_PTRACE"]}),
     ("cap from the default set", {"cap_add": ["CHOWN"]}),
     ("privileged false", {"privileged": False}),

@@ -462,3 +462,42 @@ def test_a_task_id_given_by_the_driver_obeys_the_contract():
     with pytest.raises(InvalidDocument) as exc:
         parse_task(doc, task_id="../../etc")
     assert "task.task_id" in exc.value.message
+
+
+# -- farmhand's own names, task ids, defaults ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["task.log", "task.log.zst", "task.log.xz", "task.log.sha256"])
+def test_an_artifact_named_like_the_log_is_refused(name: str) -> None:
+    with pytest.raises(InvalidDocument) as info:
+        parse_task({**MINIMAL, "artifacts": [{"path": "/out/x", "name": name}]})
+    assert info.value.errors == [f"task.artifacts[0].name: {name!r} is reserved for the task's log"]
+
+
+def test_an_artifact_named_like_another_ones_checksum_is_refused() -> None:
+    doc = {**MINIMAL, "artifacts": [{"path": "/out/a", "name": "a.zim"}, {"path": "/out/b", "name": "a.zim.sha256"}]}
+    with pytest.raises(InvalidDocument) as info:
+        parse_task(doc)
+    assert info.value.errors == ["task.artifacts[1].name: 'a.zim.sha256' is reserved for the checksum of task.artifacts[0]"]
+    parse_task({**MINIMAL, "artifacts": [{"path": "/out/b", "name": "sums.sha256"}]})  # alone it is an ordinary name
+
+
+@pytest.mark.parametrize("value", ["../../x", "a/b", "", ".hidden", "x" * 129, "ok\n", None, 42])
+def test_what_is_no_task_id(value: Any) -> None:
+    from farmhand.task import task_id_problem
+
+    assert task_id_problem(value) is not None
+    assert task_id_problem("abc-1.2_3") is None
+
+
+def test_defaults_are_the_contracts_own() -> None:
+    """No default is written twice: the Task gets what task-v1.json documents."""
+    schema = load_schema("task-v1.json")["properties"]
+    doc = {**MINIMAL, "services": [{"name": "db", "image": "x", "readiness": {"command": ["true"]}}], "artifacts": [{"path": "/o", "name": "o"}], "mounts": [{"source": "/s", "target": "/t"}]}
+    t = parse_task(doc)
+    readiness = schema["services"]["items"]["properties"]["readiness"]["properties"]
+    assert (t.pull, t.network, t.privileged) == (schema["pull"]["default"], schema["network"]["default"], schema["privileged"]["default"])
+    assert (t.services[0].readiness.timeout, t.services[0].readiness.interval) == (readiness["timeout"]["default"], readiness["interval"]["default"])
+    art = schema["artifacts"]["items"]["properties"]
+    assert (t.artifacts[0].type, t.artifacts[0].optional) == (art["type"]["default"], art["optional"]["default"])
+    assert t.mounts[0].read_only == schema["mounts"]["items"]["properties"]["read_only"]["default"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 import tarfile
 from dataclasses import dataclass, field
@@ -20,7 +21,11 @@ from typing import Any, Iterable, Iterator
 
 from docker.errors import NotFound
 
+from farmhand.docker_client import stat_path
+from farmhand.errors import UploadFailed
+from farmhand.result import ArtifactRecord, FileRecord, Result
 from farmhand.task import ArtifactSpec
+from farmhand.uploaders import check_name
 
 #: Go's os.FileMode bits as Docker reports them in X-Docker-Container-Path-Stat.
 GO_MODE_DIR = 1 << 31
@@ -88,18 +93,36 @@ class _ChunkReader(io.RawIOBase):
         return n
 
 
-class TooLarge(Exception):
-    """The task's artifacts together exceed the worker's ``limits.artifacts_max_bytes``."""
+class Refused(Exception):
+    """An artifact farmhand will not take; ``reason`` is what a required one fails the task with."""
+
+    reason = "artifact-invalid"
+
+
+class TooLarge(Refused):
+    """The task's artifacts together exceed the worker's ``limits.artifacts_max_bytes`` or ``artifacts_max_files``."""
+
+    reason = "artifact-too-large"
+
+
+class Missing(Refused):
+    reason = "artifact-missing"
 
 
 @dataclass
 class Budget:
-    """Bytes the task's artifacts may still take on the worker's disk; None means no limit."""
+    """What the task's artifacts may still take on the worker's disk: bytes and files; None means no limit."""
 
     remaining: int | None = None
     limit: int | None = None
+    files_remaining: int | None = None
+    files_limit: int | None = None
 
     def take(self, size: int) -> None:
+        if self.files_remaining is not None:
+            if self.files_remaining < 1:
+                raise TooLarge(f"the task's artifacts hold more than this worker's limit of {self.files_limit} files (limits.artifacts_max_files)")
+            self.files_remaining -= 1
         if self.remaining is None:
             return
         if size > self.remaining:
@@ -120,12 +143,27 @@ def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path) -> F
     return FileEntry(path="", size=size, sha256=h.hexdigest())
 
 
+def _link_member(earlier: tuple[Path, FileEntry], dest: Path, budget: Budget) -> FileEntry:
+    """A hard link inside the artifact: the same bytes again, linked here too (copied where links fail)."""
+    source, entry = earlier
+    try:
+        os.link(source, dest)
+        budget.take(0)
+    except OSError:
+        budget.take(entry.size)
+        shutil.copyfile(source, dest)
+    return FileEntry(path="", size=entry.size, sha256=entry.sha256)
+
+
 def _extract(tar: tarfile.TarFile, spec: ArtifactSpec, root: Path, item: Collected, budget: Budget) -> None:
     """Write the members of one artifact's archive under ``root``.
 
     Sizes come from the tar headers, so a member over budget is refused before
-    a byte of it reaches the disk.
+    a byte of it reaches the disk. A name the warehouse would refuse (control
+    characters, backslashes) refuses the artifact here, naming the file,
+    rather than failing every upload of it later.
     """
+    written: dict[str, tuple[Path, FileEntry]] = {}  # archive name -> where it went, for hard links to it
     for member in tar:
         parts = PurePosixPath(member.name).parts
         rel = PurePosixPath(*parts[1:]) if len(parts) > 1 else PurePosixPath("")
@@ -135,67 +173,141 @@ def _extract(tar: tarfile.TarFile, spec: ArtifactSpec, root: Path, item: Collect
         except tarfile.FilterError as exc:
             item.skipped.append(f"{member.name}: {exc}")
             continue
-        if member.isfile():
-            budget.take(member.size)
-        if spec.type == "file":
-            if member.isfile():
-                item.files.append(_copy_member(tar, member, root))
-            continue
+        if rel.parts:
+            try:
+                check_name(str(rel), "file name")
+            except UploadFailed as exc:
+                raise Refused(f"artifact {spec.name!r}: {exc.message}") from None
         target = root.joinpath(*rel.parts) if rel.parts else root
         if member.isdir():
-            target.mkdir(parents=True, exist_ok=True)
-        elif member.isfile():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            entry = _copy_member(tar, member, target)
-            entry.path = str(rel)
-            item.files.append(entry)
+            if spec.type == "directory":
+                target.mkdir(parents=True, exist_ok=True)
+            continue
+        if member.isfile():
+            budget.take(member.size)
+        elif member.islnk() and member.linkname in written:
+            pass  # charged in _link_member: nothing when it can be linked
         else:
-            kind = "symbolic link" if member.issym() else "hard link" if member.islnk() else "special file"
+            kind = "symbolic link" if member.issym() else "hard link to a file outside the artifact" if member.islnk() else "special file"
             item.skipped.append(f"{rel}: {kind}, not copied")
+            continue
+        if spec.type == "file" and item.files:
+            continue  # a file artifact is its first regular file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        entry = _copy_member(tar, member, target) if member.isfile() else _link_member(written[member.linkname], target, budget)
+        written[member.name] = (target, entry)
+        entry.path = str(rel) if spec.type == "directory" else ""
+        item.files.append(entry)
+
+
+def _checked_path(container: Any, spec: ArtifactSpec) -> tuple[str, dict[str, Any]]:
+    """The declared path without a link anywhere on it, and Docker's stat of it.
+
+    Each component is looked at on its own (Docker resolves a path's links
+    before archiving it, a trailing slash included), so a link on the way
+    is refused, never followed.
+    """
+    path = PurePosixPath(spec.path)
+    if ".." in path.parts:
+        raise Refused(f"artifact {spec.name!r}: {spec.path} has a '..' component")
+    stat: dict[str, Any] | None = None
+    for depth in range(min(2, len(path.parts)), len(path.parts) + 1):
+        prefix = str(PurePosixPath(*path.parts[:depth]))
+        stat = stat_path(container, prefix)
+        if stat is None:
+            raise Missing(f"artifact {spec.name!r}: {spec.path} does not exist in the container")
+        if int(stat.get("mode", 0)) & GO_MODE_SYMLINK:
+            raise Refused(
+                f"artifact {spec.name!r}: {prefix} is a symbolic link (to {stat.get('linkTarget')!r}); "
+                "farmhand does not follow links out of an artifact"
+            )
+    assert stat is not None
+    return str(path), stat
 
 
 def collect_one(container: Any, spec: ArtifactSpec, dest_dir: Path, budget: Budget | None = None) -> Collected:
     item = Collected(spec=spec)
-    try:
-        chunks, stat = container.get_archive(spec.path)
-    except NotFound:
-        return item.fail("artifact-missing", f"artifact {spec.name!r}: {spec.path} does not exist in the container")
-    mode = int(stat.get("mode", 0))
-    if mode & GO_MODE_SYMLINK:
-        return item.fail(
-            "artifact-invalid",
-            f"artifact {spec.name!r}: {spec.path} is a symbolic link (to {stat.get('linkTarget')!r}); "
-            "farmhand does not follow links out of an artifact",
-        )
-    is_dir = bool(mode & GO_MODE_DIR)
-    if is_dir != (spec.type == "directory"):
-        actual = "a directory" if is_dir else "not a directory"
-        return item.fail("artifact-invalid", f"artifact {spec.name!r}: {spec.path} is {actual}, but the task declares type {spec.type!r}")
-    if not is_dir and mode & GO_MODE_TYPE:
-        return item.fail("artifact-invalid", f"artifact {spec.name!r}: {spec.path} is not a regular file")
-
     root = dest_dir / spec.name
-    dest_dir.mkdir(parents=True, exist_ok=True)
     try:
+        path, stat = _checked_path(container, spec)
+        mode = int(stat.get("mode", 0))
+        is_dir = bool(mode & GO_MODE_DIR)
+        if is_dir != (spec.type == "directory"):
+            actual = "a directory" if is_dir else "not a directory"
+            raise Refused(f"artifact {spec.name!r}: {spec.path} is {actual}, but the task declares type {spec.type!r}")
+        if not is_dir and mode & GO_MODE_TYPE:
+            raise Refused(f"artifact {spec.name!r}: {spec.path} is not a regular file")
+        try:
+            chunks, _ = container.get_archive(path)
+        except NotFound:
+            raise Missing(f"artifact {spec.name!r}: {spec.path} does not exist in the container") from None
+        dest_dir.mkdir(parents=True, exist_ok=True)
         with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(chunks), 1 << 20), mode="r|") as tar:
             _extract(tar, spec, root, item, budget or Budget())
-    except TooLarge as exc:
+        if spec.type == "file" and not item.files:
+            raise Refused(f"artifact {spec.name!r}: {spec.path} came out of the container empty-handed")
+    except Refused as exc:
         if root.is_dir():
             shutil.rmtree(root, ignore_errors=True)
         else:
             root.unlink(missing_ok=True)
         item.files.clear()
-        return item.fail("artifact-too-large", f"artifact {spec.name!r}: {exc}")
+        message = str(exc)
+        if isinstance(exc, TooLarge):
+            message = f"artifact {spec.name!r}: {exc}"
+        return item.fail(exc.reason, message)
     if spec.type == "directory":
         root.mkdir(parents=True, exist_ok=True)
-    elif not item.files:
-        return item.fail("artifact-invalid", f"artifact {spec.name!r}: {spec.path} came out of the container empty-handed")
     item.local_path = root
     item.present = True
     return item
 
 
-def collect(container: Any, specs: Iterable[ArtifactSpec], dest_dir: Path, max_bytes: int | None = None) -> list[Collected]:
-    """Collect every artifact; together they may take at most ``max_bytes`` of the worker's disk."""
-    budget = Budget(max_bytes, max_bytes)
+def collect(
+    container: Any, specs: Iterable[ArtifactSpec], dest_dir: Path, max_bytes: int | None = None, max_files: int | None = None
+) -> list[Collected]:
+    """Collect every artifact; together they may take at most ``max_bytes`` of the worker's disk in ``max_files`` files."""
+    budget = Budget(max_bytes, max_bytes, max_files, max_files)
     return [collect_one(container, spec, dest_dir, budget) for spec in specs]
+
+
+#: When several required artifacts fail, the task's reason is the gravest of theirs.
+SEVERITY = ("artifact-too-large", "artifact-invalid", "artifact-missing")
+
+
+def record_of(item: Collected) -> ArtifactRecord:
+    """The result's record of one collected artifact (location comes with the upload)."""
+    return ArtifactRecord(
+        name=item.spec.name,
+        path=item.spec.path,
+        type=item.spec.type,
+        optional=item.spec.optional,
+        present=item.present,
+        size=item.size if item.present else None,
+        sha256=item.sha256,
+        problem=item.problem,
+        files=[FileRecord(f.path, f.size, f.sha256) for f in item.files] if item.present and item.spec.type == "directory" else None,
+        skipped=list(item.skipped),
+    )
+
+
+def record_collection(result: Result, collected: list[Collected]) -> None:
+    """Record every artifact in ``result`` and judge the collection.
+
+    A required artifact that failed fails a task that had succeeded, with the
+    gravest reason among them; a task already failed keeps its own reason and
+    gets the problems as warnings. An optional artifact that is merely absent
+    is no news; one that is there but unusable is a warning.
+    """
+    failed = [i for i in collected if not i.present and not i.spec.optional]
+    for item in collected:
+        result.warnings.extend(f"artifact {item.spec.name!r}: {skipped}" for skipped in item.skipped)
+        if item.problem and item.spec.optional and item.problem_reason != "artifact-missing":
+            result.warnings.append(item.problem)
+    result.artifacts = [record_of(i) for i in collected]
+    problems = [i.problem or f"artifact {i.spec.name!r} is missing" for i in failed]
+    if failed and result.state == "succeeded":
+        reason = min((i.problem_reason or "artifact-missing" for i in failed), key=SEVERITY.index)
+        result.conclude("failed", reason, "; ".join(problems))
+    elif failed:
+        result.warnings.extend(problems)

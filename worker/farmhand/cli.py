@@ -20,14 +20,18 @@ from typing import Any, Iterator, TextIO
 
 from farmhand import __version__, keys, pending, policy
 from farmhand.config import WorkerConfig, load_config
-from farmhand.engine import Engine, connect_docker
+from farmhand.docker_client import connect
+from farmhand.engine import Engine
 from farmhand.errors import ConfigError, InvalidDocument, PolicyDenied, TaskProblem
+from farmhand.locks import Held, hold
 from farmhand.result import Result
-from farmhand.task import parse_task, read_task_file
+from farmhand.task import parse_task, read_task_file, task_id_problem
 
 EXIT = {"succeeded": 0, "failed": 1, "exception": 3}
 EXIT_INVALID = 2
 EXIT_CONFIG = 4
+#: In WORKING_DIR, held by the one worker that serves it.
+WORKER_LOCK = "worker.lock"
 
 
 class ConsoleReporter:
@@ -87,12 +91,12 @@ def cmd_run_task(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     try:
         document = read_task_file(args.task)
-        parse_task(document)  # fail fast, before touching Docker
+        parse_task(document, task_id=args.task_id)  # fail fast, before touching Docker
     except InvalidDocument as exc:
         print(f"farmhand: {exc.message}", file=sys.stderr)
         return EXIT_INVALID
     _startup_checks(config)
-    client = connect_docker(config)
+    client = connect(config)
     reporter = ConsoleReporter() if not args.quiet else None
     engine = Engine(config, client, reporter)
     retrier = pending.BackgroundRetrier(config).start()  # earlier failed uploads travel while this task runs
@@ -252,7 +256,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     _startup_checks(config)
-    client = connect_docker(config)
+    try:
+        # Held for the process's life: two workers on one WORKING_DIR (or one embedded broker) would
+        # both resume every unreported task and hand each other's messages back to the queue.
+        held = hold(config.working_dir / WORKER_LOCK, f"WORKING_DIR {config.working_dir}")
+    except Held as exc:
+        raise ConfigError(f"{exc}: another farmhand worker serves it; one worker per WORKING_DIR") from None
+    client = connect(config)
     node = Node(make_app(config), config, client)
     set_current(node)
     logging.getLogger("farmhand").setLevel(logging.INFO)
@@ -263,10 +273,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     finally:
         node.stop_housekeeping()
         node.close_networks()
+        held.close()
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from farmhand.client import Client
+    from farmhand.dispatch.client import Client
 
     return Client(load_config(args.config))
 
@@ -338,13 +349,21 @@ def cmd_drain(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Is this host ready to serve? Each check on its own line; exit 0 only when all pass."""
-    from farmhand.dispatch import health
+    from farmhand import check
 
     problems = 0
-    for name, ok, detail in health.checks(args.config):
+    for name, ok, detail in check.checks(args.config):
         print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
         problems += not ok
     return 0 if problems == 0 else EXIT["exception"]
+
+
+def task_id_argument(value: str) -> str:
+    """A task id given on the command line obeys the contract's task_id pattern; else argparse exits 2 naming the option."""
+    problem = task_id_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -357,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run-task", help="run one task on this host and print its result")
     run.add_argument("task", help="task file (YAML or JSON)")
     run.add_argument("--json", action="store_true", help="print only the result document, as JSON, on stdout")
-    run.add_argument("--task-id", help="use this task id instead of the file's or a generated one")
+    run.add_argument("--task-id", type=task_id_argument, help="use this task id instead of the file's or a generated one")
     run.add_argument("-q", "--quiet", action="store_true", help="do not show stages as they happen")
     run.set_defaults(func=cmd_run_task)
 
@@ -382,21 +401,21 @@ def build_parser() -> argparse.ArgumentParser:
     sbm = sub.add_parser("submit", help="queue a task for the workers; prints its task_id")
     sbm.add_argument("task", help="task file (YAML or JSON)")
     sbm.add_argument("--queue", default="default", help="queue to send it to (default: default)")
-    sbm.add_argument("--task-id", help="use this task id instead of the file's or a generated one")
+    sbm.add_argument("--task-id", type=task_id_argument, help="use this task id instead of the file's or a generated one")
     sbm.add_argument("--wait", action="store_true", help="wait for the result document and print it")
     sbm.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
     sbm.add_argument("--json", action="store_true", help="stdout is one JSON object: task_id and, when known, the result")
     sbm.set_defaults(func=cmd_submit)
 
     st = sub.add_parser("status", help="a submitted task's state, or its result once it has one")
-    st.add_argument("task_id")
+    st.add_argument("task_id", type=task_id_argument)
     st.add_argument("--wait", action="store_true", help="wait for the result document")
     st.add_argument("--timeout", type=float, default=None)
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
     cn = sub.add_parser("cancel", help="cancel a task: stop it if it runs (its partial log is kept), discard it if queued")
-    cn.add_argument("task_id")
+    cn.add_argument("task_id", type=task_id_argument)
     cn.set_defaults(func=cmd_cancel)
 
     dr = sub.add_parser("drain", help="workers stop taking tasks, finish or cancel (worker-shutdown) what runs, and stop")

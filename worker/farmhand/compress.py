@@ -86,11 +86,3 @@ def compress_file(src: Path, method: str) -> Compressed:
         raise
     return Compressed(dest, out.size, out.hash.hexdigest())
 
-
-def open_decompressed(path: Path) -> BinaryIO:
-    """A readable stream of ``path``'s original bytes, whichever of our formats it is in."""
-    if path.name.endswith(".zst"):
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)  # type: ignore[return-value]
-    if path.name.endswith(".xz"):
-        return lzma.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")

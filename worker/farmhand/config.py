@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
-from docker.utils import parse_bytes
-
+from farmhand.documents import DocumentError, read_document
 from farmhand.errors import ConfigError
+from farmhand.resources import Resources, parse_size
 from farmhand.validation import errors_for
 
 DEFAULT_CONFIG_PATH = "/etc/farmhand/config.yml"
@@ -33,9 +32,11 @@ DEFAULTS: dict[str, Any] = {
     "limits": {
         "max_run_time": 86400,
         "defaults": {"pids": 4096, "shm_size": "64m", "ulimits": {}},
-        "ceilings": {"pids": 65536, "shm_size": "4g", "ulimits": {"nofile": 1048576}},
+        "ceilings": {"pids": 65536, "shm_size": "4g", "ulimits": {"nofile": 1048576, "nproc": 65536, "stack": 67108864, "core": 0}},
         "kill_grace": 10,
-        "artifacts_max_bytes": None,
+        "max_prepare_time": 3600,
+        "artifacts_max_bytes": "100g",
+        "artifacts_max_files": 100000,
     },
     "allow": {"privileged": False, "capabilities": [], "host_mounts": [], "devices": [], "caches": True},
     "container": {"capabilities": DEFAULT_CAPABILITIES},
@@ -98,65 +99,20 @@ ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
 
 
 @dataclass(frozen=True)
-class Resources:
-    """Container limits in Docker's units; None means "not limited"."""
-
-    cpus: float | None = None
-    memory: int | None = None
-    pids: int | None = None
-    shm_size: int | None = None
-    ulimits: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-    @classmethod
-    def from_doc(cls, doc: Mapping[str, Any]) -> "Resources":
-        ulimits: dict[str, tuple[int, int]] = {}
-        for name, value in (doc.get("ulimits") or {}).items():
-            if isinstance(value, dict):
-                ulimits[name] = (int(value["soft"]), int(value["hard"]))
-            else:
-                ulimits[name] = (int(value), int(value))
-        return cls(
-            cpus=float(doc["cpus"]) if doc.get("cpus") is not None else None,
-            memory=parse_size(doc.get("memory")),
-            pids=int(doc["pids"]) if doc.get("pids") is not None else None,
-            shm_size=parse_size(doc.get("shm_size")),
-            ulimits=ulimits,
-        )
-
-    def overlaid_by(self, other: "Resources") -> "Resources":
-        """``other``'s values where it has them, ours elsewhere."""
-        return Resources(
-            cpus=other.cpus if other.cpus is not None else self.cpus,
-            memory=other.memory if other.memory is not None else self.memory,
-            pids=other.pids if other.pids is not None else self.pids,
-            shm_size=other.shm_size if other.shm_size is not None else self.shm_size,
-            ulimits={**self.ulimits, **other.ulimits},
-        )
-
-
-def parse_size(value: int | str | None) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    return int(parse_bytes(value))
-
-
-@dataclass(frozen=True)
 class SftpSettings:
     """How the ``sftp://`` uploader reaches warehouses; see the ``sftp`` section of config-v1.json."""
 
-    private_key: Path = Path(DEFAULTS["sftp"]["private_key"])
-    known_hosts: Path = Path(DEFAULTS["sftp"]["known_hosts"])
-    connect_timeout: float = DEFAULTS["sftp"]["connect_timeout"]
-    attempts: int = DEFAULTS["sftp"]["attempts"]
-    backoff: float = DEFAULTS["sftp"]["backoff"]
-    backoff_max: float = DEFAULTS["sftp"]["backoff_max"]
-    streams: int = DEFAULTS["sftp"]["streams"]
-    requests_in_flight: int = DEFAULTS["sftp"]["requests_in_flight"]
-    request_size: int = DEFAULTS["sftp"]["request_size"]
-    verify: str = DEFAULTS["sftp"]["verify"]
-    progress_interval: float = DEFAULTS["sftp"]["progress_interval"]
+    private_key: Path
+    known_hosts: Path
+    connect_timeout: float
+    attempts: int
+    backoff: float
+    backoff_max: float
+    streams: int
+    requests_in_flight: int
+    request_size: int
+    verify: str
+    progress_interval: float
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> "SftpSettings":
@@ -179,39 +135,40 @@ class SftpSettings:
 class BrokerSettings:
     """Where the dispatcher's queues and results live; see the ``broker`` section of config-v1.json.
 
-    Everything None means the embedded default: a SQLite broker and result
+    No field has a default of its own: every value comes from the merged
+    config document, whose defaults are ``DEFAULTS``. Everything None means the embedded default: a SQLite broker and result
     store under the working dir, shared by ``farmhand worker`` and ``farmhand submit``.
     """
 
-    url: str | None = None
-    result_backend: str | None = None
-    transport: str = "amqp"
-    host: str | None = None
-    port: int | None = None
-    vhost: str | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    visibility_timeout: float = 3600.0
+    url: str | None
+    result_backend: str | None
+    transport: str
+    host: str | None
+    port: int | None
+    vhost: str | None
+    username: str | None
+    password: str | None = field(repr=False)
+    tls_ca: str | None
+    tls_cert: str | None
+    tls_key: str | None
+    visibility_timeout: float
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> "BrokerSettings":
-        tls = doc.get("tls") or {}
+        tls = doc["tls"] or {}
         return cls(
-            url=doc.get("url"),
-            result_backend=doc.get("result_backend"),
-            transport=doc.get("transport") or "amqp",
-            host=doc.get("host"),
-            port=doc.get("port"),
-            vhost=doc.get("vhost"),
-            username=doc.get("username"),
-            password=doc.get("password"),
+            url=doc["url"],
+            result_backend=doc["result_backend"],
+            transport=doc["transport"],
+            host=doc["host"],
+            port=doc["port"],
+            vhost=doc["vhost"],
+            username=doc["username"],
+            password=doc["password"],
             tls_ca=tls.get("ca"),
             tls_cert=tls.get("cert"),
             tls_key=tls.get("key"),
-            visibility_timeout=float(doc.get("visibility_timeout", 3600)),
+            visibility_timeout=float(doc["visibility_timeout"]),
         )
 
 
@@ -219,18 +176,18 @@ class BrokerSettings:
 class NodeSettings:
     """How this host serves the dispatcher: its name, slots and queues."""
 
-    node_name: str | None = None
-    concurrency: int | None = None
-    queues: tuple[str, ...] = ("default",)
-    drain_grace: float = 600.0
+    node_name: str | None
+    concurrency: int | None
+    queues: tuple[str, ...]
+    drain_grace: float
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> "NodeSettings":
         return cls(
-            node_name=doc.get("node_name"),
-            concurrency=doc.get("concurrency"),
-            queues=tuple(doc.get("queues") or ("default",)),
-            drain_grace=float(doc.get("drain_grace", 600)),
+            node_name=doc["node_name"],
+            concurrency=doc["concurrency"],
+            queues=tuple(doc["queues"]),
+            drain_grace=float(doc["drain_grace"]),
         )
 
     @property
@@ -246,7 +203,11 @@ class NodeSettings:
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """Validated, typed view of the config document."""
+    """Validated, typed view of the config document.
+
+    No field here (nor in the settings it holds) has a default: ``DEFAULTS`` is
+    the one source, merged under the file and the environment by ``load_config``.
+    """
 
     working_dir: Path
     docker_base_url: str | None
@@ -256,6 +217,7 @@ class WorkerConfig:
     pull_attempts: int
     pull_backoff: float
     max_run_time: int
+    max_prepare_time: float
     default_resources: Resources
     ceilings: Resources
     kill_grace: float
@@ -267,15 +229,16 @@ class WorkerConfig:
     container_capabilities: list[str]
     log_max_bytes: int
     artifacts_max_bytes: int | None
+    artifacts_max_files: int | None
     upload_default: str
     upload_allowed_targets: list[str]
     keep_local: bool
-    source: str = "defaults"
-    sftp: SftpSettings = field(default_factory=SftpSettings)
-    log_compression: str = "zstd"
-    pending_retry_interval: float = 300.0
-    broker: BrokerSettings = field(default_factory=BrokerSettings)
-    node: NodeSettings = field(default_factory=NodeSettings)
+    source: str
+    sftp: SftpSettings
+    log_compression: str
+    pending_retry_interval: float
+    broker: BrokerSettings
+    node: NodeSettings
 
     @property
     def tasks_dir(self) -> Path:
@@ -340,11 +303,9 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     source = "defaults"
     if cfg_path.exists():
         try:
-            file_doc = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{cfg_path}: not valid YAML: {exc}") from exc
-        except OSError as exc:
-            raise ConfigError(f"{cfg_path}: cannot be read: {exc.strerror}") from exc
+            file_doc = read_document(cfg_path, root="config") or {}
+        except DocumentError as exc:  # unreadable, too big, not YAML, an alias, a duplicate key...
+            raise ConfigError(str(exc)) from None
         source = str(cfg_path)
     elif explicit:
         raise ConfigError(f"{cfg_path}: config file does not exist")
@@ -375,6 +336,7 @@ def _typed(doc: dict[str, Any], source: str) -> WorkerConfig:
         pull_attempts=int(doc["images"]["pull_attempts"]),
         pull_backoff=float(doc["images"]["pull_backoff"]),
         max_run_time=int(limits["max_run_time"]),
+        max_prepare_time=float(limits["max_prepare_time"]),
         default_resources=Resources.from_doc(limits["defaults"]),
         ceilings=Resources.from_doc(limits["ceilings"]),
         kill_grace=float(limits["kill_grace"]),
@@ -386,6 +348,7 @@ def _typed(doc: dict[str, Any], source: str) -> WorkerConfig:
         container_capabilities=list(doc["container"]["capabilities"]),
         log_max_bytes=int(parse_size(doc["logs"]["max_bytes"]) or 0),
         artifacts_max_bytes=parse_size(limits["artifacts_max_bytes"]),
+        artifacts_max_files=limits["artifacts_max_files"],
         upload_default=upload_default,
         upload_allowed_targets=list(doc["upload"]["allowed_targets"]),
         keep_local=bool(doc["upload"]["keep_local"]),

@@ -9,31 +9,41 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
-from docker.types import Ulimit
+from docker.types import LogConfig, Ulimit
 
-from farmhand.config import Resources, WorkerConfig
+from farmhand.config import WorkerConfig
+from farmhand.docker_client import error_text, parse_time
 from farmhand.docker_logs import OutputStream
 from farmhand.errors import StartFailed
-from farmhand.logpump import LogPump, LogSummary
+from farmhand.logpump import LogPump
 from farmhand.masking import StreamMasker
+from farmhand.resources import Resources
+from farmhand.run_outcome import RunOutcome
 from farmhand.task import Task
 
 
-@dataclass
-class RunOutcome:
-    container_id: str
-    exit_code: int | None
-    oom_killed: bool
-    stopped_for: str | None  # "max-run-time" | "idle-timeout" | "cancelled" | None
-    log: LogSummary
-    usage: dict[str, Any] = field(default_factory=dict)
+#: Docker's own log of a task is kept in this many files, rotated (json-file).
+LOG_FILES = 4
+#: A service's output is only shown when it fails its readiness check: a little is plenty.
+SERVICE_LOG = LogConfig(type="json-file", config={"max-size": "4m", "max-file": "2"})
+
+
+def task_log_config(log_max_bytes: int) -> LogConfig:
+    """Docker's log of the task, bounded in step with farmhand's own cap.
+
+    Without a bound a task can fill the host's disk through dockerd whatever
+    ``logs.max_bytes`` says. farmhand follows the log as it is written and
+    keeps its first ``logs.max_bytes``; Docker keeps the last
+    ``LOG_FILES - 1`` to ``LOG_FILES`` files of ``logs.max_bytes / 2`` each
+    (JSON-wrapped), so what farmhand still has to read is never rotated away
+    unless farmhand falls that far behind.
+    """
+    return LogConfig(type="json-file", config={"max-size": str(max(log_max_bytes // 2, 1 << 20)), "max-file": str(LOG_FILES)})
 
 
 def hardening(config: WorkerConfig) -> dict[str, Any]:
@@ -43,6 +53,11 @@ def hardening(config: WorkerConfig) -> dict[str, Any]:
         "cap_add": list(config.container_capabilities),
         "security_opt": ["no-new-privileges:true"],
     }
+
+
+def service_options(config: WorkerConfig) -> dict[str, Any]:
+    """A service's container: the task's hardening, the host's default limits, a small log."""
+    return {**hardening(config), **resource_options(config.default_resources), "log_config": SERVICE_LOG}
 
 
 def resource_options(res: Resources) -> dict[str, Any]:
@@ -79,6 +94,7 @@ def container_options(
         volumes=volumes or None,
         privileged=task.privileged,
         devices=[f"{d}:{d}:rwm" for d in task.devices] or None,
+        log_config=task_log_config(config.log_max_bytes),
         detach=True,
     )
     if network is None:
@@ -151,7 +167,7 @@ def run_container(
         container = client.containers.create(task.image, labels=labels, **options)
     except APIError as exc:
         if exc.is_client_error() and exc.status_code != 404:
-            raise StartFailed(f"the container could not be created: {exc.explanation or exc}") from exc
+            raise StartFailed(f"the container could not be created: {error_text(exc)}") from exc
         raise
     _start(container)
     report(f"container {container.short_id} started")
@@ -178,7 +194,7 @@ def adopt_container(
         _start(container)
         state = client.api.inspect_container(container.id)["State"]
     log_path.unlink(missing_ok=True)
-    started_wall = _docker_time(state.get("StartedAt"))
+    started_wall = parse_time(state.get("StartedAt"))
     report(f"container {container.short_id} re-adopted ({state.get('Status')})")
     return supervise(client, config, task, container, log_path, report, cancel, tick=tick, started_wall=started_wall)
 
@@ -189,16 +205,7 @@ def _start(container: Any) -> None:
     except APIError as exc:
         # Create accepted the options, so what fails here is the task's own
         # command, user or working directory as the image knows them.
-        raise StartFailed(f"the container could not start: {exc.explanation or exc}") from exc
-
-
-def _docker_time(text: str | None) -> float | None:
-    """Docker's RFC 3339 timestamps (nanoseconds, 'Z') as epoch seconds; None for the zero time."""
-    if not text or text.startswith("0001-"):
-        return None
-    head, _, frac = text.rstrip("Z").partition(".")
-    stamp = datetime.fromisoformat(head + "+00:00").timestamp()
-    return stamp + (float("0." + frac[:9]) if frac else 0.0)
+        raise StartFailed(f"the container could not start: {error_text(exc)}") from exc
 
 
 def supervise(

@@ -23,14 +23,14 @@ the stream up again with ``since``.
 
 from __future__ import annotations
 
-import calendar
 import struct
-import time
 from typing import Any, Callable, Iterator
 
 import docker
 import requests
 from docker.errors import NotFound, create_api_error_from_http_exception
+
+from farmhand.docker_client import since_param
 
 FRAME_HEADER = 8
 READ_SIZE = 1 << 20
@@ -62,13 +62,6 @@ def demux(read: Callable[[int], bytes]) -> Iterator[list[bytearray]]:
         del buf[:pos]
         if frames:
             yield frames
-
-
-def since_param(timestamp: bytes) -> str:
-    """Docker's ``since`` (seconds.nanoseconds) for a frame timestamp; it includes that instant."""
-    text = timestamp.decode("ascii")
-    seconds = calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
-    return f"{seconds}.{text[20:29]}"
 
 
 class OutputStream:

@@ -57,15 +57,17 @@ class Cancelled(TaskProblem):
     reason = "cancelled"
 
 
+def cancel_message(reason: str, when: str) -> str:
+    """What a stopped task's result says: a request to cancel, or a draining worker whose grace ran out."""
+    if reason == "worker-shutdown":
+        return f"the worker shut down {when} (its drain grace ran out); the partial log is kept"
+    if reason == "prepare-timeout":
+        return f"the task was stopped {when}: its prepare stage outlasted this worker's limits.max_prepare_time"
+    return f"the task was cancelled {when}; its partial log is kept"
+
+
 class ServiceUnready(TaskProblem):
     reason = "service-unready"
-
-
-class ArtifactProblem(TaskProblem):
-    """A required artifact is missing or not what the task declared."""
-
-    state = "failed"
-    reason = "artifact-missing"
 
 
 class UploadFailed(TaskProblem):

@@ -17,6 +17,7 @@ from docker.utils import parse_repository_tag
 
 from farmhand.backoff import backoff_delay
 from farmhand.config import WorkerConfig
+from farmhand.docker_client import error_text
 from farmhand.errors import ImageUnavailable
 
 #: Registry answers that another try will not change.
@@ -113,13 +114,14 @@ def ensure_image(
             return client.images.get(ref).id
         except (APIError, DockerException) as exc:
             last = exc
-            text = getattr(exc, "explanation", None) or str(exc)
+            text = error_text(exc)
             if PERMANENT.search(str(text)) or attempt == attempts:
                 break
             delay = backoff_delay(attempt, config.pull_backoff, cap=PULL_BACKOFF_CAP)
             if report:
                 report(f"pull failed ({text}); try {attempt + 1} of {attempts} in {delay:.1f}s", {})
             sleep(delay)
-    text = getattr(last, "explanation", None) or str(last)
+    assert last is not None  # at least one attempt was made
+    text = error_text(last)
     who = f" with the credentials configured for {registry}" if auth else f" (no credentials configured for {registry})"
     raise ImageUnavailable(f"image {image!r} could not be pulled{who}: {text}")

@@ -24,6 +24,8 @@ import uuid
 import docker
 from docker.errors import DockerException, NotFound
 
+from farmhand.docker_client import error_text
+
 POOL_LABEL = "farmhand.network"
 
 
@@ -99,5 +101,5 @@ class NetworkPool:
         except NotFound:
             pass
         except DockerException as exc:
-            return [f"network {name}: {getattr(exc, 'explanation', None) or exc}"]
+            return [f"network {name}: {error_text(exc)}"]
         return []

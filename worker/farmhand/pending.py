@@ -27,7 +27,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from farmhand.backoff import backoff_delay
 from farmhand.config import WorkerConfig
@@ -196,14 +196,18 @@ def _record_delivery(entry: Entry, locations: dict[str, str]) -> None:
         write_json_atomic(Path(workspace) / "delivered.json", {"delivered_at": time.time(), "target": entry.target, "locations": locations})
 
 
+def remove_paths(paths: Iterable[Path]) -> None:
+    """Delete files and whole directories (a link is removed, never followed); what is already gone is fine."""
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def _remove_entry(config: WorkerConfig, entry: Entry, *, keep_local: bool | None = None) -> None:
     if not (config.keep_local if keep_local is None else keep_local):
-        for copy in entry.job.get("local_copies", []):
-            path = Path(copy)
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+        remove_paths(Path(copy) for copy in entry.job.get("local_copies", []))
     # Rename first: a half-deleted entry must never look like a valid one.
     trash = entry.path.with_name(f".trash-{entry.path.name}-{uuid.uuid4().hex[:8]}")
     os.rename(entry.path, trash)

@@ -10,8 +10,9 @@ import fnmatch
 import os.path
 from urllib.parse import unquote, urlsplit
 
-from farmhand.config import Resources, WorkerConfig
+from farmhand.config import WorkerConfig
 from farmhand.errors import PolicyDenied
+from farmhand.resources import Resources
 from farmhand.task import Task
 
 
@@ -66,6 +67,8 @@ def _resource_violations(asked: Resources, fields: frozenset[str], ceilings: Res
         out.append(f"task.resources.shm_size: {_human(asked.shm_size)} is above this worker's ceiling of {_human(ceilings.shm_size)}")
     for name, (soft, hard) in asked.ulimits.items():
         if name not in ceilings.ulimits:
+            # No ceiling is no licence: rtprio 99 or memlock unlimited would reach the host.
+            out.append(f"task.resources.ulimits.{name}: this worker sets no ceiling for it (limits.ceilings.ulimits.{name}), so a task may not set it")
             continue
         limit = ceilings.ulimits[name][1]
         if limit == -1:

@@ -8,13 +8,15 @@ worker can find a task's objects from Docker alone, with no state of ours.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
 
-from farmhand.errors import ServiceUnready
+from farmhand.docker_client import error_text
+from farmhand.errors import Cancelled, ServiceUnready
 from farmhand.task import Service
 
 TASK_LABEL = "farmhand.task-id"
@@ -50,12 +52,14 @@ def start_service(
     network: str,
     options: dict[str, Any],
     report: Callable[[str], None],
-    sleep: Callable[[float], None] = time.sleep,
+    cancel: threading.Event | None = None,
 ) -> None:
     """Start one helper container, reachable as ``service.name``, and wait until it is ready.
 
     ``options`` are the container settings every task container gets (hardening, limits).
+    A cancel (``cancel`` set) ends the wait at once with ``Cancelled``.
     """
+    cancel = cancel or threading.Event()
     container = client.containers.create(
         service.image,
         command=service.command,
@@ -80,17 +84,53 @@ def start_service(
             raise ServiceUnready(f"service {service.name!r} exited with code {code} before it was ready" + (f"; its last output:\n{tail}" if tail else ""))
         if service.readiness is None:
             return
-        code, output = container.exec_run(service.readiness.command)
+        code, output = _probe(client, container.id, service.readiness.command, deadline, cancel)
         if code == 0:
             report(f"service {service.name} is ready")
             return
         if time.monotonic() >= deadline:
-            text = (output or b"").decode("utf-8", "replace").strip()[-500:]
+            text = output.decode("utf-8", "replace").strip()
             raise ServiceUnready(
                 f"service {service.name!r} was not ready after {service.readiness.timeout:g}s: "
-                f"readiness command exited {code}" + (f": {text}" if text else "")
+                + (f"readiness command exited {code}" if code is not None else "its readiness command did not finish")
+                + (f": {text}" if text else "")
             )
-        sleep(service.readiness.interval)
+        if cancel.wait(service.readiness.interval):
+            raise Cancelled("the task was cancelled while its services started", reason="cancelled")
+
+
+#: What a readiness command may say that is kept (its last bytes), whatever it prints.
+PROBE_OUTPUT = 500
+
+
+def _probe(client: docker.DockerClient, container_id: str, command: list[str], deadline: float, cancel: threading.Event) -> tuple[int | None, bytes]:
+    """Run one readiness check; its exit code (None if it outlived the deadline) and its last output.
+
+    Read on a thread of its own, keeping only a bounded tail, so a check that
+    prints without end or never returns costs the worker neither memory nor
+    the rest of its prepare time; what is left of it goes with the service.
+    """
+    exec_id = client.api.exec_create(container_id, command)["Id"]
+    tail = bytearray()
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            for chunk in client.api.exec_start(exec_id, stream=True):
+                tail.extend(chunk)
+                del tail[:-PROBE_OUTPUT]
+        except DockerException:
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=read, name=f"probe:{container_id[:12]}", daemon=True).start()
+    while not done.wait(0.05):
+        if cancel.is_set():
+            raise Cancelled("the task was cancelled while its services started", reason="cancelled")
+        if time.monotonic() >= deadline:
+            return None, bytes(tail)
+    return client.api.exec_inspect(exec_id).get("ExitCode"), bytes(tail)
 
 
 def find_task_container(client: docker.DockerClient, task_id: str) -> Any | None:
@@ -117,5 +157,5 @@ def cleanup(client: docker.DockerClient, task_id: str) -> list[str]:
         except NotFound:
             pass
         except APIError as exc:
-            problems.append(f"container {cid[:12]}: {exc.explanation or exc}")
+            problems.append(f"container {cid[:12]}: {error_text(exc)}")
     return problems

@@ -3,31 +3,39 @@
 Validation happens in two layers so that every message names its field: the
 JSON Schema (shapes and types), then the cross-field rules a schema cannot say
 (a secret must be one of the env names, names must be unique...).
+
+Documents may be hostile: files are read by ``farmhand.documents`` (bounded
+size and depth, no YAML aliases, no duplicate or non-string keys), and every
+check is bounded work whose message quotes values by a short prefix and never
+shows a secret.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
-from farmhand.config import Resources
+from farmhand.resources import Resources
+from farmhand.documents import DocumentError, read_document
 from farmhand.errors import InvalidDocument
-from farmhand.validation import errors_for
+from farmhand.validation import bounded, errors_for, load_schema, mask_secrets, quote, secrets_of
 
 SCHEMA = "task-v1.json"
+#: farmhand's own names in a task's warehouse folder: the log (and its compressed forms), checksum sidecars.
+LOG_NAME = "task.log"
+SIDECAR = ".sha256"
 
 
 @dataclass(frozen=True)
 class Readiness:
     command: list[str]
-    timeout: float = 60.0
-    interval: float = 0.5
+    timeout: float
+    interval: float
 
 
 @dataclass(frozen=True)
@@ -45,15 +53,15 @@ class Service:
 class ArtifactSpec:
     path: str
     name: str
-    type: str = "file"
-    optional: bool = False
+    type: str
+    optional: bool
 
 
 @dataclass(frozen=True)
 class Mount:
     source: str
     target: str
-    read_only: bool = True
+    read_only: bool
 
 
 @dataclass(frozen=True)
@@ -89,12 +97,20 @@ class Task:
         return [self.env[name] for name in self.secret_env if self.env.get(name)]
 
     def redacted(self) -> dict[str, Any]:
-        """The task document as it may be stored: secret values replaced."""
-        doc = json.loads(json.dumps(self.raw))
+        """The task document as it may be stored: every occurrence of every secret value replaced.
+
+        Not only task.env's secret names: a secret's value given again (a
+        service's env, an argument, a label) is masked wherever it is, and a
+        service's variable of a secret name is masked whatever its value.
+        """
+        values = self.secret_values + [svc.env[name] for svc in self.services for name in self.secret_env if svc.env.get(name)]
+        doc = json.loads(json.dumps(mask_secrets(self.raw, values)))
         doc["task_id"] = self.task_id
-        for name in self.secret_env:
-            if name in doc.get("env", {}):
-                doc["env"][name] = "***"
+        envs = [doc.get("env", {})] + [svc.get("env", {}) for svc in doc.get("services", [])]
+        for env in envs:
+            for name in self.secret_env:
+                if name in env:
+                    env[name] = "***"
         return doc
 
 
@@ -107,47 +123,46 @@ def _argv(value: str | list[str] | None) -> list[str] | None:
 
 
 def read_task_file(path: str | Path) -> Any:
-    """Load a task file as YAML (JSON is YAML too); parse errors name the line."""
-    p = Path(path)
+    """Load a task file: JSON when it is JSON, else YAML, read by the hostile-document rules.
+
+    Problems of the text as a whole (unreadable, too big, not YAML, an alias,
+    too deep) start with the file's name and give the line; problems of one
+    field (a duplicate or non-string key) start with the field's path.
+    """
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidDocument(f"task file {p}", [f"cannot be read: {exc.strerror}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise InvalidDocument(f"task file {p}", [f"is not UTF-8 text: {exc.reason}"]) from exc
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f"line {mark.line + 1}, column {mark.column + 1}: "
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise InvalidDocument(f"task file {p}", [f"{where}not valid YAML or JSON: {problem}"]) from exc
+        return read_document(path, root="task")
+    except DocumentError as exc:
+        raise InvalidDocument(exc.what, exc.errors) from None
 
 
-def _semantic_errors(doc: Mapping[str, Any]) -> list[str]:
+def _semantic_errors(doc: Mapping[str, Any], secrets: tuple[str, ...] = ()) -> list[str]:
     errors: list[str] = []
     env = doc.get("env", {})
     for i, name in enumerate(doc.get("secret_env", [])):
         if name not in env:
-            errors.append(f"task.secret_env[{i}]: {name!r} is not a variable in task.env")
+            errors.append(f"task.secret_env[{i}]: {quote(name)} is not a variable in task.env")
     seen: dict[str, int] = {}
     for i, art in enumerate(doc.get("artifacts", [])):
         if art["name"] in seen:
-            errors.append(f"task.artifacts[{i}].name: {art['name']!r} is already used by task.artifacts[{seen[art['name']]}]")
+            errors.append(f"task.artifacts[{i}].name: {quote(art['name'], secrets)} is already used by task.artifacts[{seen[art['name']]}]")
         seen.setdefault(art["name"], i)
+    for i, art in enumerate(doc.get("artifacts", [])):
+        name = art["name"]
+        if name == LOG_NAME or name.startswith(LOG_NAME + "."):
+            errors.append(f"task.artifacts[{i}].name: {quote(name, secrets)} is reserved for the task's log")
+        elif name.endswith(SIDECAR) and name.removesuffix(SIDECAR) in seen:
+            errors.append(f"task.artifacts[{i}].name: {quote(name, secrets)} is reserved for the checksum of task.artifacts[{seen[name.removesuffix(SIDECAR)]}]")
     names: dict[str, int] = {}
     for i, svc in enumerate(doc.get("services", [])):
         if svc["name"] in names:
-            errors.append(f"task.services[{i}].name: {svc['name']!r} is already used by task.services[{names[svc['name']]}]")
+            errors.append(f"task.services[{i}].name: {quote(svc['name'], secrets)} is already used by task.services[{names[svc['name']]}]")
         names.setdefault(svc["name"], i)
     if doc.get("services") and doc.get("network") == "none":
         errors.append("task.services: services need network 'bridge', but task.network is 'none'")
     targets: dict[str, str] = {}
     for name, target in doc.get("caches", {}).items():
         if target in targets:
-            errors.append(f"task.caches.{name}: mount path {target!r} is already used by cache {targets[target]!r}")
+            errors.append(f"task.caches.{name}: mount path {quote(target, secrets)} is already used by cache {quote(targets[target])}")
         targets.setdefault(target, name)
     commands = [("task.command", doc.get("command")), ("task.entrypoint", doc.get("entrypoint"))]
     for i, svc in enumerate(doc.get("services", [])):
@@ -169,6 +184,53 @@ def _semantic_errors(doc: Mapping[str, Any]) -> list[str]:
     return errors
 
 
+def _integer(value: Any) -> Any:
+    """JSON's 5e0 or 64.0 where the schema says integer (it accepts integral numbers) as the int it means."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _with_integers(doc: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a valid ``doc`` whose integer fields hold ints, not integral floats; ``doc`` is left as it is."""
+    out = dict(doc)
+    for key in ("version", "max_run_time", "idle_timeout"):
+        if key in out:
+            out[key] = _integer(out[key])
+    if "retry_on_exit_codes" in out:
+        out["retry_on_exit_codes"] = [_integer(c) for c in out["retry_on_exit_codes"]]
+    if "resources" in out:
+        res = dict(out["resources"])
+        for key in ("pids", "memory", "shm_size"):
+            if key in res:
+                res[key] = _integer(res[key])
+        if "ulimits" in res:
+            res["ulimits"] = {
+                name: {k: _integer(v) for k, v in limit.items()} if isinstance(limit, dict) else _integer(limit)
+                for name, limit in res["ulimits"].items()
+            }
+        out["resources"] = res
+    return out
+
+
+def task_id_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a task id, or None: an id names directories, labels and warehouse folders,
+    so one from a driver (a command line, a Celery message) is checked before anything uses it."""
+    pattern = load_schema(SCHEMA)["properties"]["task_id"]["pattern"]
+    if isinstance(value, str) and re.fullmatch(pattern.removeprefix("^").removesuffix("$"), value) is not None:
+        return None
+    return f"{quote(value)} is not a task id: 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+def _default(*path: str) -> Any:
+    """A field's default as the contract documents it (task-v1.json's ``default``), the one place it is written.
+
+    ``path`` names properties, with ``[]`` for an array's items.
+    """
+    node = load_schema(SCHEMA)
+    for key in path:
+        node = node["items"] if key == "[]" else node["properties"][key]
+    return node["default"]
+
+
 def parse_task(doc: Any, *, task_id: str | None = None) -> Task:
     """Check ``doc`` against the contract and return the typed task.
 
@@ -180,26 +242,28 @@ def parse_task(doc: Any, *, task_id: str | None = None) -> Task:
     if task_id is not None:
         # An id chosen by the driver names directories too: it obeys the same contract.
         doc = {**doc, "task_id": task_id}
-    errors = errors_for(SCHEMA, doc, "task")
+    secrets = secrets_of(doc)
+    errors = errors_for(SCHEMA, doc, "task", secrets)
     if errors:
         raise InvalidDocument("task", errors)
-    errors = _semantic_errors(doc)
+    errors = _semantic_errors(doc, secrets.values)
     if errors:
-        raise InvalidDocument("task", errors)
+        raise InvalidDocument("task", bounded(errors, "task"))
+    doc = _with_integers(doc)
 
     requested = doc.get("resources", {})
     services = tuple(
         Service(
             name=s["name"],
             image=s["image"],
-            pull=s.get("pull", doc.get("pull", "if-not-present")),
+            pull=s.get("pull", doc.get("pull", _default("pull"))),
             command=_argv(s.get("command")),
             entrypoint=_argv(s.get("entrypoint")),
             env=dict(s.get("env", {})),
             readiness=Readiness(
                 command=_argv(s["readiness"]["command"]) or [],
-                timeout=float(s["readiness"].get("timeout", 60)),
-                interval=float(s["readiness"].get("interval", 0.5)),
+                timeout=float(s["readiness"].get("timeout", _default("services", "[]", "readiness", "timeout"))),
+                interval=float(s["readiness"].get("interval", _default("services", "[]", "readiness", "interval"))),
             )
             if "readiness" in s
             else None,
@@ -209,7 +273,7 @@ def parse_task(doc: Any, *, task_id: str | None = None) -> Task:
     return Task(
         task_id=doc.get("task_id") or uuid.uuid4().hex,
         image=doc["image"],
-        pull=doc.get("pull", "if-not-present"),
+        pull=doc.get("pull", _default("pull")),
         command=_argv(doc.get("command")),
         entrypoint=_argv(doc.get("entrypoint")),
         env=dict(doc.get("env", {})),
@@ -220,19 +284,24 @@ def parse_task(doc: Any, *, task_id: str | None = None) -> Task:
         idle_timeout=doc.get("idle_timeout"),
         resources=Resources.from_doc(requested),
         resources_requested=frozenset(requested),
-        network=doc.get("network", "bridge"),
+        network=doc.get("network", _default("network")),
         services=services,
         caches=dict(doc.get("caches", {})),
         artifacts=tuple(
-            ArtifactSpec(path=a["path"], name=a["name"], type=a.get("type", "file"), optional=bool(a.get("optional", False)))
+            ArtifactSpec(
+                path=a["path"],
+                name=a["name"],
+                type=a.get("type", _default("artifacts", "[]", "type")),
+                optional=bool(a.get("optional", _default("artifacts", "[]", "optional"))),
+            )
             for a in doc.get("artifacts", [])
         ),
         retry_on_exit_codes=frozenset(doc.get("retry_on_exit_codes", [])),
         upload=doc.get("upload"),
         labels=dict(doc.get("labels", {})),
-        privileged=bool(doc.get("privileged", False)),
+        privileged=bool(doc.get("privileged", _default("privileged"))),
         cap_add=tuple(doc.get("cap_add", [])),
-        mounts=tuple(Mount(m["source"], m["target"], bool(m.get("read_only", True))) for m in doc.get("mounts", [])),
+        mounts=tuple(Mount(m["source"], m["target"], bool(m.get("read_only", _default("mounts", "[]", "read_only")))) for m in doc.get("mounts", [])),
         devices=tuple(doc.get("devices", [])),
         raw=dict(doc),
     )

@@ -7,24 +7,81 @@ task id. The engine underneath knows nothing of Celery.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.exceptions import Ignore
 from celery.worker import state as worker_state
 from celery.worker.control import control_command
 from celery.worker.request import Request
+from celery.worker.strategy import default as default_strategy
 
 from farmhand.config import WorkerConfig
 from farmhand.dispatch import settings
 from farmhand.dispatch.node import Node, TaskFailed, current, reply_context
+from farmhand.validation import mask_secrets, secrets_of
 
 log = logging.getLogger("farmhand.dispatch")
 
 
+#: How much of a task document Celery's surfaces (events, ``inspect``, Flower) may show.
+SHOWN_CHARS = 2000
+
+
+def shown_arguments(args: Any) -> str:
+    """A task's arguments as Celery may show them (task-sent and task-received events, ``inspect``,
+    Flower): every secret value masked (all of env when secret_env cannot be read), bounded."""
+    try:
+        document = args[0] if isinstance(args, (list, tuple)) and args else None
+        text = json.dumps([mask_secrets(document, secrets_of(document).values)], default=str)
+    except Exception:  # noqa: BLE001 - whatever the document, never the document itself
+        return "[<a task document that cannot be shown>]"
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} chars)"
+
+
+def slot_gate(task: Any, app: Celery, consumer: Any, **kwargs: Any) -> Any:
+    """Celery's default strategy behind the node's slots (``Node.admit``): a delivery the node has no
+    free slot for goes straight back to its queue, before Celery reserves it, so a full node holds
+    nothing another node could start; a second delivery of a task the node holds is dropped."""
+    handle = default_strategy(task, app, consumer, **kwargs)
+    errors = consumer.connection_errors
+
+    def task_message_handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kw: Any) -> Any:
+        headers = message.headers or {}
+        task_id = headers.get("id") or (body or message.payload or {}).get("id")  # protocol 2, else 1
+        verdict = current().admit(str(task_id))
+        if verdict == "full":
+            return reject(log, errors, True)
+        if verdict == "copy":
+            log.warning("task %s was delivered again while this node holds it; the copy is dropped", task_id)
+            return ack(log, errors)
+        try:
+            # Whatever the sender put there: events and inspect show these, never the arguments themselves.
+            payload = message.decode() if body is None else body
+            headers["argsrepr"], headers["kwargsrepr"] = shown_arguments(payload[0] if isinstance(payload, (list, tuple)) else None), "{}"
+            return handle(message, body, ack, reject, callbacks, **kw)
+        except BaseException:
+            current().release(str(task_id))
+            raise
+
+    return task_message_handler
+
+
 class JournalingRequest(Request):
     """Journals a task when a slot starts it, and only then acknowledges its message."""
+
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        """What ``inspect active/reserved/query_task`` return: the shown arguments, never the document (``safe`` or not)."""
+        return dict(super().info(safe=True))
+
+    def revoked(self) -> bool:
+        """Celery's revoked set, and the node's journal, which keeps cancellations for good."""
+        if not self._already_revoked and self.id not in worker_state.revoked and current().is_revoked(self.id):
+            worker_state.revoked.add(self.id)
+        return bool(super().revoked())
 
     def on_accepted(self, pid: int, time_accepted: float) -> None:
         node = current()
@@ -37,12 +94,15 @@ class JournalingRequest(Request):
         except Exception:  # noqa: BLE001 - not journaled: give it back to the broker, never run it unjournaled
             log.exception("task %s could not be journaled; it goes back to its queue", self.id)
             self.reject(requeue=True)
+            node.release(self.id)
             return
         super().on_accepted(pid, time_accepted)
 
     def _announce_revoked(self, reason: str, terminated: bool, signum: Any, expired: bool) -> None:
-        current().cancelled_before_start(self.id, reply_context(self))
+        node = current()
+        node.cancelled_before_start(self.id, reply_context(self))
         super()._announce_revoked(reason, terminated, signum, expired)
+        node.release(self.id)
 
 
 class NodeStep(bootsteps.StartStopStep):
@@ -79,6 +139,7 @@ def make_app(config: WorkerConfig) -> Celery:
         name=settings.TASK_NAME,
         bind=True,
         Request=JournalingRequest,
+        Strategy="farmhand.dispatch.app:slot_gate",  # by name: a function as class attribute would be bound
         ignore_result=True,  # the node stores every state and the result itself, journal first
         acks_late=False,
         throws=(TaskFailed,),
@@ -90,7 +151,9 @@ def make_app(config: WorkerConfig) -> Celery:
         if not node.claim(task_id):
             if task_id not in worker_state.revoked:
                 node.duplicate(task_id)
-            return None
+            node.release(task_id)
+            # Acknowledged with no state and no task-succeeded event: the task's one result is its first run's.
+            raise Ignore()
         result = node.execute(task_id, task, reply_context(self.request))
         if result["state"] != "succeeded":
             raise TaskFailed(result)
@@ -118,7 +181,6 @@ def run_worker(config: WorkerConfig, node: Node, loglevel: str = "INFO") -> int:
         concurrency=node.slots,
         queues=list(config.node.queues),
         loglevel=loglevel,
-        state_db=str(config.working_dir / "worker-state"),
         without_gossip=True,
         without_mingle=True,
         quiet=True,

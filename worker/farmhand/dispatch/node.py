@@ -8,8 +8,12 @@ Celery delivers; the node journals, runs, reports. The rules it keeps:
   any point carries it on at its next start (``recover``).
 - A result is recorded in the journal before it is reported, and reported
   again until the report goes through.
-- Slots: the broker may hand this node only as many tasks as it has free
-  slots (``take_slot``/``release_slot`` move Celery's prefetch window).
+- Slots: a node holds no task it cannot start. Every delivery passes
+  ``admit`` before Celery sees it: it takes a free slot, or goes straight
+  back to its queue for another node; a task resumed after a restart holds
+  a slot too. While every slot is busy the node consumes nothing (and its
+  prefetch window is its free slots), so no message waits unacknowledged
+  behind a running task, for any broker's delivery timeout to take back.
 - SIGTERM detaches: the process leaves, the containers keep running for the
   next start to re-adopt. ``drain`` stops taking tasks, waits, then cancels
   what is left with reason worker-shutdown.
@@ -34,9 +38,10 @@ from farmhand import pending
 from farmhand.config import WorkerConfig
 from farmhand.dispatch import settings, wake
 from farmhand.engine import Engine
-from farmhand.journal import Journal
+from farmhand.dispatch.journal import Journal
 from farmhand.network_pool import NetworkPool
-from farmhand.result import Result
+from farmhand.result import Result, never_ran
+from farmhand.task import task_id_problem
 
 log = logging.getLogger("farmhand.node")
 
@@ -102,8 +107,9 @@ class Node:
         self._lock = threading.Lock()
         self._engines: dict[str, Engine] = {}
         self._claimed: set[str] = set()
-        self._busy = 0
+        self._held: set[str] = set()  # the task ids holding a slot: admitted, resumed, running
         self._consumer: Any = None
+        self._consuming: bool | None = None  # what was last asked of the consumer; None: not known
         self._events = bool(settings.celery_settings(config)["worker_send_task_events"])
         self._event_lock = threading.Lock()
         self._dispatcher: Any = None
@@ -118,12 +124,19 @@ class Node:
 
     # -- delivery -------------------------------------------------------------------
     def accept(self, task_id: str, document: Any, context: dict[str, Any]) -> bool:
-        """Journal a delivered task (before its message is acknowledged); False for a second delivery."""
+        """Journal a delivered task (before its message is acknowledged); False for a second delivery, and
+        for an id that is no task id (it would name directories): that one is refused unjournaled, and reported."""
+        problem = task_id_problem(task_id)
+        if problem is not None:
+            result = Result(task_id=task_id)
+            result.conclude("exception", "invalid-task", f"task is invalid:\n  - task.task_id: {problem}")
+            result.finished_at = result.started_at
+            self._report_safely(task_id, result.to_dict(), context)
+            return False
         if not self.journal.accept(task_id, document, context):
             return False
         with self._lock:
             self._claimed.add(task_id)
-        self.take_slot()
         self.store(task_id, RECEIVED, {"node": self.name}, context)
         return True
 
@@ -138,23 +151,31 @@ class Node:
     def execute(self, task_id: str, document: Any, context: dict[str, Any]) -> dict[str, Any]:
         engine = Engine(self.config, self.client, StageReporter(self, task_id, context), self.networks)
         with self._running(task_id, engine):
+            if self.journal.is_revoked(task_id):  # cancelled between its journaling and now: it never starts
+                return self.conclude(task_id, never_ran(task_id), context)
             result = engine.run(document, task_id=task_id).to_dict()
             return self.conclude(task_id, result, context)
 
     def duplicate(self, task_id: str) -> None:
-        """A second delivery of a journaled task: report its result again if it has one, never run it again."""
+        """A second delivery of a journaled task: never run again, and its result reported only if nobody has it yet.
+
+        A broker redelivers a message whose acknowledgement a dropped
+        connection lost; reporting the result again would give watchers a
+        second terminal state.
+        """
         entry = self.journal.get(task_id)
         log.warning("task %s was delivered again; it is already in the journal (%s), so it is not run again", task_id, entry.stage if entry else "?")
-        if entry is not None and entry.result is not None:
-            self._report_safely(task_id, entry.result, entry.context)
+        if entry is not None and entry.result is not None and entry.reported_at is None and task_id not in self.running():
+            self._report_safely(task_id, entry.result, entry.context)  # recorded by an earlier process, never heard
 
     def cancelled_before_start(self, task_id: str, context: dict[str, Any]) -> None:
-        """A revoked task is discarded unrun; its result still says so."""
-        result = Result(task_id=task_id)
-        result.conclude("exception", "cancelled", "the task was cancelled before it started; it never ran")
-        result.finished_at = result.started_at
-        self.journal.accept(task_id, None, context)
-        self.conclude(task_id, result.to_dict(), context)
+        """A revoked task is discarded unrun; its result still says so, unless it is a late copy of one
+        this node already journaled (whose own result stands)."""
+        if self.journal.accept(task_id, None, context):
+            self.conclude(task_id, never_ran(task_id), context)
+
+    def is_revoked(self, task_id: str) -> bool:
+        return self.journal.is_revoked(task_id)
 
     # -- results --------------------------------------------------------------------
     def conclude(self, task_id: str, result: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
@@ -204,36 +225,81 @@ class Node:
             except Exception:  # noqa: BLE001 - it is being thrown away
                 pass
 
-    # -- slots and Celery's prefetch window --------------------------------------------
-    def attach_consumer(self, consumer: Any) -> None:
-        """The consumer (re)started: shrink its fresh prefetch window by the tasks already running."""
+    # -- slots: a node holds no task it cannot start ----------------------------------
+    def admit(self, task_id: str) -> str:
+        """A delivery's fate, decided before Celery reserves it: ``run`` (it takes a free slot), ``full``
+        (back to its queue, for another node), or ``copy`` (a second delivery of a task this node holds,
+        acknowledged and dropped: the first delivery runs and reports it)."""
         with self._lock:
-            self._consumer = consumer
-            if self._adjusts_prefetch() and self._busy:
-                consumer.qos.decrement_eventually(self._busy)
+            if task_id in self._held:
+                return "copy"
+            if len(self._held) >= self.slots or self.draining.is_set():
+                return "full"
+            self._held.add(task_id)
+        self._follow_slots()
+        return "run"
+
+    def _hold(self, task_id: str) -> None:
+        """A resumed task holds a slot whatever the count: its container runs already (CONCURRENCY may have shrunk)."""
+        with self._lock:
+            self._held.add(task_id)
+        self._follow_slots()
+
+    def release(self, task_id: str) -> None:
+        """The task's slot is free again (safe to repeat: each path that ends a delivery calls it)."""
+        with self._lock:
+            if task_id not in self._held:
+                return
+            self._held.discard(task_id)
+        self._follow_slots()
+        if self._wake_dir is not None:
+            # The consumer sleeps until a publish wakes it; a free slot must wake it too, to fetch what waits.
+            wake.notify(self._wake_dir, "consumer")
+
+    def attach_consumer(self, consumer: Any) -> None:
+        """The consumer (re)started, consuming every selected queue: bring it in line with the slots."""
+        with self._lock:
+            self._consumer, self._consuming = consumer, None
+        self._follow_slots()
 
     def detach_consumer(self) -> None:
         with self._lock:
             self._consumer = None
 
+    def _follow_slots(self) -> None:
+        with self._lock:
+            consumer = self._consumer
+        if consumer is not None:
+            consumer.call_soon(self._apply_slots, consumer)
+
+    def _apply_slots(self, consumer: Any) -> None:
+        """In the consumer's thread: a prefetch window of the free slots, and consuming only while one is free."""
+        with self._lock:
+            if consumer is not self._consumer:
+                return
+            free = self.slots - len(self._held)
+            want = free > 0 and not self.draining.is_set()
+            changed, self._consuming = want != self._consuming, want
+        if self._adjusts_prefetch() and consumer.qos is not None:
+            delta = max(1, free) - consumer.qos.value
+            if delta > 0:
+                consumer.qos.increment_eventually(delta)
+            elif delta < 0:
+                consumer.qos.decrement_eventually(-delta)
+        if changed:
+            for queue in self.config.node.queues:
+                if want:
+                    consumer.add_task_queue(queue)
+                else:
+                    consumer.cancel_task_queue(queue)
+
     def _adjusts_prefetch(self) -> bool:
-        # Redis brokers stop fetching by themselves when every slot is busy (worker_disable_prefetch).
+        # Redis brokers fetch only for an idle pool thread by themselves (worker_disable_prefetch).
         return settings.transport_kind(settings.broker_url(self.config)) != "redis"
 
-    def take_slot(self) -> None:
+    def running(self) -> list[str]:
         with self._lock:
-            self._busy += 1
-            if self._consumer is not None and self._adjusts_prefetch():
-                self._consumer.qos.decrement_eventually()
-
-    def release_slot(self) -> None:
-        with self._lock:
-            self._busy -= 1
-            if self._consumer is not None and self._adjusts_prefetch():
-                self._consumer.qos.increment_eventually()
-        if self._wake_dir is not None:
-            # The consumer sleeps until a publish wakes it; a free slot must wake it too, to fetch what waits.
-            wake.notify(self._wake_dir, "consumer")
+            return sorted(self._engines)
 
     @contextmanager
     def _running(self, task_id: str, engine: Engine) -> Iterator[None]:
@@ -244,11 +310,7 @@ class Node:
         finally:
             with self._lock:
                 self._engines.pop(task_id, None)
-            self.release_slot()
-
-    def running(self) -> list[str]:
-        with self._lock:
-            return sorted(self._engines)
+            self.release(task_id)
 
     # -- a restart ------------------------------------------------------------------
     def recover(self) -> int:
@@ -272,14 +334,14 @@ class Node:
             engine = Engine(self.config, self.client, StageReporter(self, entry.task_id, entry.context), self.networks)
             with self._lock:
                 self._engines[entry.task_id] = engine
-            self.take_slot()
+            self._hold(entry.task_id)
             threading.Thread(target=self._resume, args=(engine, entry), name=f"resume:{entry.task_id}", daemon=True).start()
         return len(entries)
 
     def _resume(self, engine: Engine, entry: Any) -> None:
         with self._running(entry.task_id, engine):
             try:
-                result = engine.resume(entry.document, task_id=entry.task_id)
+                result = engine.resume(entry.document, task_id=entry.task_id).to_dict()
             except Exception as exc:  # noqa: BLE001 - the task must still end in a result
                 log.exception("resuming %s failed", entry.task_id)
                 res = Result(task_id=entry.task_id)
@@ -292,6 +354,7 @@ class Node:
         """Stop a running task, or make sure a queued one is discarded unrun when it arrives."""
         with self._lock:
             engine = self._engines.get(task_id)
+        self.journal.revoke(task_id)  # a later delivery, whatever the delay and restarts, never runs it
         if engine is not None:
             engine.cancel(reason)
             return "cancelling"
@@ -305,9 +368,7 @@ class Node:
         self.draining.set()
         grace = self.config.node.drain_grace if grace is None else grace
         log.warning("draining: no new tasks; waiting up to %ss for %d running task(s)", grace, len(self.running()))
-        consumer = self._consumer
-        if consumer is not None:
-            consumer.call_soon(lambda: [consumer.cancel_task_queue(q) for q in self.config.node.queues])
+        self._follow_slots()  # consume nothing more
         threading.Thread(target=self._drain, args=(grace,), name="drain", daemon=True).start()
 
     def _drain(self, grace: float) -> None:

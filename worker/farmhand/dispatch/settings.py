@@ -122,6 +122,9 @@ def celery_settings(config: WorkerConfig) -> dict[str, Any]:
         "task_default_queue": "default",
         "task_acks_late": False,
         "worker_prefetch_multiplier": 1,
+        # The node sets the prefetch window itself (its free slots); Celery's own reduction after a
+        # reconnect, restored one acknowledgement at a time, would fight it.
+        "worker_enable_prefetch_count_reduction": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # a broker restart is waited out, never fatal
@@ -130,7 +133,9 @@ def celery_settings(config: WorkerConfig) -> dict[str, Any]:
         "worker_send_task_events": fanout,
         "task_send_sent_event": fanout,
         "worker_hijack_root_logger": False,
-        "worker_state_db": str(config.working_dir / "worker-state"),
+        # None: Celery's state file is a pickle (whoever can write it runs code as the worker) and its
+        # revoked set expires after 3 h; the journal keeps cancellations, for good, as plain data.
+        "worker_state_db": None,
         "worker_disable_prefetch": kind == "redis",
     }
     if kind == "redis":

@@ -1,6 +1,6 @@
 """The cgroup check of ``farmhand check``, on /proc texts seen on real hosts."""
 
-from farmhand.dispatch.health import missing_cgroup_controllers
+from farmhand.check import missing_cgroup_controllers
 
 PROC_CGROUPS = """#subsys_name	hierarchy	num_cgroups	enabled
 cpuset	3	2	1

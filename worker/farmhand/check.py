@@ -42,10 +42,10 @@ def _working_dir(config: WorkerConfig) -> Check:
 
 
 def _docker(config: WorkerConfig) -> Check:
-    from farmhand.engine import connect_docker
+    from farmhand.docker_client import connect
 
     try:
-        client = connect_docker(config)
+        client = connect(config)
         version = client.version().get("Version", "?")
     except (ConfigError, Exception) as exc:  # noqa: BLE001 - any failure is the answer
         return ("docker", False, str(exc))

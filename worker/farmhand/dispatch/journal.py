@@ -10,8 +10,8 @@ again, from the same document.
 
 The journal knows nothing of the dispatcher: ``context`` is the dispatcher's
 own (a Celery reply-to, say), kept so a report can be made after a restart.
-It also carries requests (cancel, drain) from local commands to the worker,
-for brokers that cannot broadcast.
+It also keeps every cancellation for good, and carries requests (cancel,
+drain) from local commands to the worker, for brokers that cannot broadcast.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ CREATE TABLE IF NOT EXISTS tasks (
     stage       TEXT NOT NULL,    -- received, prepare, run, collect, cleanup, upload, finished
     result      TEXT,             -- the result document, once recorded
     reported_at REAL
+);
+CREATE TABLE IF NOT EXISTS revoked (
+    task_id    TEXT PRIMARY KEY,  -- cancelled: never to run, however late or often it is delivered
+    revoked_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS requests (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -112,6 +116,15 @@ class Journal:
     def counts(self) -> dict[str, int]:
         rows = self._run("SELECT stage, COUNT(*) FROM tasks WHERE reported_at IS NULL GROUP BY stage").fetchall()
         return {stage: n for stage, n in rows}
+
+    # -- cancellations -------------------------------------------------------------
+    def revoke(self, task_id: str) -> None:
+        """Remember for good that ``task_id`` is cancelled: unlike Celery's revoked set it survives
+        restarts of any kind and never expires, and it is plain data (Celery keeps its set in a pickle)."""
+        self._run("INSERT OR IGNORE INTO revoked (task_id, revoked_at) VALUES (?, ?)", (task_id, time.time()))
+
+    def is_revoked(self, task_id: str) -> bool:
+        return self._run("SELECT 1 FROM revoked WHERE task_id = ?", (task_id,)).fetchone() is not None
 
     # -- local requests ----------------------------------------------------------
     def request(self, command: str, argument: str | None = None) -> None:

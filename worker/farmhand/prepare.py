@@ -1,0 +1,57 @@
+"""The Docker side of the prepare stage: images, the task's network, caches and services.
+
+What it makes is the task's: the engine's cleanup removes it whatever
+happens next. A cancel (a person's, a draining worker's, the prepare
+ceiling's) stops a pull at its next progress report and a service's
+readiness wait at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import docker
+
+from farmhand import policy, sandbox
+from farmhand.checkpoint import Attempt
+from farmhand.config import WorkerConfig
+from farmhand.container_run import container_options, service_options
+from farmhand.errors import Cancelled
+from farmhand.events import StageEvents
+from farmhand.images import ensure_image
+from farmhand.network_pool import NetworkPool
+
+
+def prepare_docker(
+    client: docker.DockerClient,
+    config: WorkerConfig,
+    networks: NetworkPool,
+    attempt: Attempt,
+    events: StageEvents,
+    cancel: threading.Event,
+) -> dict[str, Any]:
+    """Everything the task's container needs before it is created; returns its options."""
+    task = attempt.task
+    assert task is not None
+    tid = task.task_id
+
+    def pull(image: str, pull_policy: str) -> str:
+        def report(status: str, fields: dict[str, int]) -> None:
+            if cancel.is_set():
+                raise Cancelled("cancelled while pulling")
+            events.say(tid, "prepare", f"pulling {image}: {status}", **fields)
+
+        return ensure_image(client, config, image, pull_policy, report)
+
+    attempt.result.image = {"name": task.image, "id": pull(task.image, task.pull)}
+    for svc in task.services:
+        pull(svc.image, svc.pull)
+    if task.network == "bridge":
+        attempt.network = networks.acquire()
+        attempt.checkpoint("prepare")  # at once, so a worker killed now gives the network back when it starts over
+    volumes = sandbox.ensure_caches(client, task.caches)
+    for svc in task.services:
+        assert attempt.network is not None  # checked by the task contract
+        sandbox.start_service(client, tid, svc, attempt.network, service_options(config), lambda m: events.say(tid, "prepare", m), cancel)
+    return container_options(config, task, policy.effective_resources(config, task), attempt.network, volumes)
