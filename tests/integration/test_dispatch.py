@@ -281,16 +281,20 @@ def test_kill_9_in_each_stage_gives_exactly_one_result_and_no_orphan(stage: str,
     assert client.containers.list(all=True, filters={"label": f"farmhand.task-id={task_id}"}) == []
 
 
+def one_running_one_queued(fh: Client) -> tuple[Any, str, Any, str]:
+    """On a node of one slot: a task running (4 s) and one submitted after it, each with its run counter."""
+    counters = [f"busy-{uuid.uuid4().hex[:8]}", f"queued-{uuid.uuid4().hex[:8]}"]
+    running = fh.submit(counted_task(counters[0], seconds=4))
+    wait_until(lambda: running.state == "running", 60, "the first task to run")
+    return running, counters[0], fh.submit(counted_task(counters[1])), counters[1]
+
+
 def test_kill_9_loses_no_task_of_a_full_embedded_node(farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
     """A full node takes nothing it cannot start (a taken row is invisible to everyone else, and SQLite keeps no
     delivery timeout to give it back); killed, it loses nothing, and each task runs exactly once."""
     farm = farm_factory({})
     worker = farm.worker(concurrency=1)
-    fh = farm.client()
-    busy, waiting = f"busy-{uuid.uuid4().hex[:8]}", f"held-{uuid.uuid4().hex[:8]}"
-    first = fh.submit(counted_task(busy, seconds=4))
-    wait_until(lambda: first.state == "running", 60, "the first task to run")
-    second = fh.submit(counted_task(waiting))
+    first, busy, second, waiting = one_running_one_queued(farm.client())
     broker = worker.working_dir / "broker.sqlite"
 
     def rows(visible: int) -> int:
@@ -483,10 +487,7 @@ def test_a_task_cancelled_while_queued_never_runs_across_restarts(broker: str, r
     farm = farm_factory(env)
     worker = farm.worker(concurrency=1)
     fh = farm.client()
-    busy_counter, queued_counter = f"busy-{uuid.uuid4().hex[:8]}", f"cancelled-{uuid.uuid4().hex[:8]}"
-    busy = fh.submit(counted_task(busy_counter, seconds=4))
-    wait_until(lambda: busy.state == "running", 60, "the first task to run")
-    queued = fh.submit(counted_task(queued_counter))
+    busy, busy_counter, queued, queued_counter = one_running_one_queued(fh)
     fh.cancel(queued.task_id)
     wait_until(lambda: worker.journal_revoked(queued.task_id), 30, "the worker to keep the cancellation")
     for _ in range(2):  # restarts as systemctl restart does them

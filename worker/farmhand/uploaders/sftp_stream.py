@@ -109,6 +109,15 @@ class SftpStream:
                 raise EOFError("the SFTP channel was closed by the server")
             self._buf += data
 
+    def _open(self, path: str, flags: int) -> bytes:
+        """The handle of remote ``path`` opened with ``flags``; ``StatusError`` when the server refuses."""
+        self._send(FXP_OPEN, _string(path.encode()) + struct.pack(">II", flags, 0))
+        kind, body = self._read()
+        if kind != FXP_HANDLE:
+            self._raise_for_status(f"open {path}", kind, body)
+        (n,) = struct.unpack_from(">I", body, 4)
+        return _string(body[8 : 8 + n])
+
     def _send(self, kind: int, payload: bytes) -> int:
         rid = self._next_id
         self._next_id = (rid + 1) & 0xFFFFFFFF
@@ -188,13 +197,7 @@ class SftpStream:
         each write the server confirmed. Raises ``StatusError`` for the first
         write the server refused, after the replies in flight are drained.
         """
-        flags = FXF_WRITE | FXF_CREAT | (FXF_TRUNC if truncate else 0)
-        self._send(FXP_OPEN, _string(path.encode()) + struct.pack(">II", flags, 0))
-        kind, body = self._read()
-        if kind != FXP_HANDLE:
-            self._raise_for_status(f"open {path}", kind, body)
-        (n,) = struct.unpack_from(">I", body, 4)
-        handle = _string(body[8 : 8 + n])
+        handle = self._open(path, FXF_WRITE | FXF_CREAT | (FXF_TRUNC if truncate else 0))
         try:
             failure = self._pipeline(handle, src, offset, length, hasher, on_acked)
         except BaseException:
@@ -254,12 +257,7 @@ class SftpStream:
         shorter or ``consume`` stopped. Raises ``StatusError`` when the server
         refuses to open or read the file.
         """
-        self._send(FXP_OPEN, _string(path.encode()) + struct.pack(">II", FXF_READ, 0))
-        kind, body = self._read()
-        if kind != FXP_HANDLE:
-            self._raise_for_status(f"open {path}", kind, body)
-        (n,) = struct.unpack_from(">I", body, 4)
-        handle = _string(body[8 : 8 + n])
+        handle = self._open(path, FXF_READ)
         try:
             done, failure = self._read_pipeline(handle, length, consume)
         except BaseException:
