@@ -122,6 +122,11 @@ class RabbitMQ:
         """Messages of ``queue`` the broker still holds, ready or delivered and not acknowledged."""
         return self._queue_counts("messages").get(queue, 0)
 
+    def queue_type(self, queue: str) -> str | None:
+        out = self._ctl("list_queues", "--quiet", "--no-table-headers", "name", "type")
+        assert out.returncode == 0, out.stdout + out.stderr
+        return dict(line.rsplit(None, 1) for line in out.stdout.splitlines() if line.strip()).get(queue)
+
     def unacknowledged(self, queue: str) -> int:
         """Messages of ``queue`` delivered to a consumer and not acknowledged yet."""
         return self._queue_counts("messages_unacknowledged").get(queue, 0)

@@ -531,7 +531,7 @@ def test_a_dropped_connection_gives_each_task_one_result(rabbitmq: RabbitMQ, red
     assert worker.proc is not None and worker.proc.poll() is None
 
 
-@pytest.mark.parametrize("broker", ["rabbitmq", "redis"])
+@pytest.mark.parametrize("broker", ["rabbitmq", "rabbitmq-quorum", "redis"])
 def test_a_full_node_holds_nothing_and_an_idle_node_takes_what_waits(broker: str, request: pytest.FixtureRequest, farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
     """Tasks many times longer than RabbitMQ's consumer_timeout (3 s here) or Redis's visibility_timeout
     (2 s) on a full node, more waiting: nothing waits unacknowledged behind them, a second node takes the
@@ -540,6 +540,8 @@ def test_a_full_node_holds_nothing_and_an_idle_node_takes_what_waits(broker: str
     env = {"BROKER_URL": redis_url if broker == "redis" else request.getfixturevalue("rabbitmq").url, "RESULT_BACKEND": redis_url}
     if broker == "redis":
         env["BROKER_VISIBILITY_TIMEOUT"] = "2"
+    if broker == "rabbitmq-quorum":  # quorum queues refuse global QoS: prefetch must still follow the slots
+        env["BROKER_QUEUE_TYPE"] = "quorum"
     server = request.getfixturevalue("redis_server" if broker == "redis" else "rabbitmq")
     farm = farm_factory(env)
     queue = f"full-{broker}-{uuid.uuid4().hex[:8]}"
@@ -550,8 +552,9 @@ def test_a_full_node_holds_nothing_and_an_idle_node_takes_what_waits(broker: str
     wait_until(lambda: long_one.state == "running", 60, "the long task to run")
     waiting = [fh.submit(counted_task(c, seconds=1), queue=queue) for c in counters[1:]]
     wait_until(lambda: server.messages(queue) == 2, 30, "the other tasks to wait in their queue")
-    if broker == "rabbitmq":
+    if broker != "redis":
         assert server.unacknowledged(queue) == 0, "the full node holds a message it cannot start"
+        assert server.queue_type(queue) == ("quorum" if broker == "rabbitmq-quorum" else "classic")
     idle = farm.worker("idle", concurrency=1, queues=queue)
     for handle in waiting:
         assert handle.result(timeout=60)["state"] == "succeeded"

@@ -118,3 +118,15 @@ def test_journal_requests_are_handed_out_once(tmp_path):
     other.request("drain")
     assert journal.take_requests() == [("cancel", "t9"), ("drain", None)]
     assert journal.take_requests() == []
+
+
+def test_quorum_queues_are_declared_for_every_queue_and_only_on_rabbitmq(tmp_path):
+    cfg = config(tmp_path, BROKER_URL="amqp://farm:secret@mq.example:5672//", BROKER_QUEUE_TYPE="quorum")
+    conf = settings.celery_settings(cfg)
+    assert (conf["task_default_queue_type"], conf["task_create_missing_queue_type"]) == ("quorum", "quorum")
+    assert settings.celery_settings(config(tmp_path, BROKER_URL="amqp://mq.example//")).get("task_default_queue_type") is None
+    with pytest.raises(ConfigError, match="broker.queue_type: quorum queues are RabbitMQ's") as info:
+        settings.celery_settings(config(tmp_path, BROKER_URL="redis://:secret@127.0.0.1:6379/0", BROKER_QUEUE_TYPE="quorum"))
+    assert "secret" not in str(info.value)
+    with pytest.raises(ConfigError, match="broker.queue_type"):
+        config(tmp_path, BROKER_QUEUE_TYPE="mirrored")

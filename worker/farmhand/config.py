@@ -66,6 +66,7 @@ DEFAULTS: dict[str, Any] = {
         "password": None,
         "tls": {"ca": None, "cert": None, "key": None},
         "visibility_timeout": 3600,
+        "queue_type": "classic",
     },
     "worker": {"node_name": None, "concurrency": None, "queues": ["default"], "drain_grace": 600},
 }
@@ -91,6 +92,7 @@ ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "BROKER_TLS_CERT": (("broker", "tls", "cert"), str),
     "BROKER_TLS_KEY": (("broker", "tls", "key"), str),
     "BROKER_VISIBILITY_TIMEOUT": (("broker", "visibility_timeout"), float),
+    "BROKER_QUEUE_TYPE": (("broker", "queue_type"), str),
     "NODE_NAME": (("worker", "node_name"), str),
     "CONCURRENCY": (("worker", "concurrency"), int),
     "QUEUES": (("worker", "queues"), lambda raw: [q.strip() for q in raw.split(",") if q.strip()]),
@@ -152,6 +154,7 @@ class BrokerSettings:
     tls_cert: str | None
     tls_key: str | None
     visibility_timeout: float
+    queue_type: str
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> "BrokerSettings":
@@ -169,6 +172,7 @@ class BrokerSettings:
             tls_cert=tls.get("cert"),
             tls_key=tls.get("key"),
             visibility_timeout=float(doc["visibility_timeout"]),
+            queue_type=doc["queue_type"],
         )
 
 

@@ -138,6 +138,12 @@ def celery_settings(config: WorkerConfig) -> dict[str, Any]:
         "worker_state_db": None,
         "worker_disable_prefetch": kind == "redis",
     }
+    if config.broker.queue_type == "quorum":
+        if kind != "amqp":
+            raise ConfigError(f"broker.queue_type: quorum queues are RabbitMQ's; this broker is {kind} ({shown(url)})")
+        # Every queue farmhand declares, the configured ones and those a client names, and never
+        # global QoS (quorum queues refuse it; Celery detects them and uses per-consumer prefetch).
+        settings.update(task_default_queue_type="quorum", task_create_missing_queue_type="quorum", worker_detect_quorum_queues=True)
     if kind == "redis":
         settings["broker_transport_options"] = {"visibility_timeout": config.broker.visibility_timeout}
     tls = _tls_options(config, kind)
