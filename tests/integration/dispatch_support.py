@@ -64,13 +64,49 @@ class Redis:
         return waiting + unacked
 
 
+class LocalPKI:
+    """A test CA, a server certificate for 127.0.0.1, and client certificates, made with openssl."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.ca, self.ca_key = self._ca("farmhand test CA")
+        self.server_cert, self.server_key = self.issue("server", san="IP:127.0.0.1,DNS:localhost")
+        self.client_cert, self.client_key = self.issue("client")
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=self.root, check=True, capture_output=True, timeout=60)
+
+    def _ca(self, name: str) -> tuple[Path, Path]:
+        key, cert = self.root / f"{name.replace(' ', '-')}.key", self.root / f"{name.replace(' ', '-')}.pem"
+        self._run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert))
+        return cert, key
+
+    def issue(self, name: str, san: str | None = None, ca: tuple[Path, Path] | None = None) -> tuple[Path, Path]:
+        """A certificate for ``name`` signed by ``ca`` (the test CA by default): (cert, key)."""
+        ca_cert, ca_key = ca or (self.ca, self.ca_key)
+        key, csr, cert = (self.root / f"{name}{ext}" for ext in (".key", ".csr", ".pem"))
+        self._run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(csr))
+        ext = self.root / f"{name}.ext"
+        ext.write_text(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
+        self._run("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key), "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", str(cert))
+        return cert, key
+
+    def rogue(self, name: str) -> tuple[Path, Path, Path]:
+        """A CA of its own and a client certificate it signed: (ca, cert, key), none of it trusted by the broker."""
+        ca = self._ca(f"rogue {name}")
+        cert, key = self.issue(f"rogue-{name}-client", ca=ca)
+        return ca[0], cert, key
+
+
 class RabbitMQ:
     """One node with a short consumer_timeout (checked every second), so a late acknowledgement would show."""
 
     CONSUMER_TIMEOUT_MS = 3000
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tls: "LocalPKI | None" = None) -> None:
         self.workdir = workdir
+        self.tls = tls
         self.port = free_port()
         self.dist_port = free_port()
         self.name = f"farmhand-test-{self.port}@localhost"
@@ -78,7 +114,18 @@ class RabbitMQ:
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        return f"{'amqps' if self.tls else 'amqp'}://guest:guest@127.0.0.1:{self.port}//"
+
+    def _listeners(self) -> str:
+        if self.tls is None:
+            return f"listeners.tcp.default = 127.0.0.1:{self.port}\n"
+        # TLS only, and a client certificate the test CA signed is required (as cyberCommons runs it).
+        pki = self.tls
+        return (
+            f"listeners.tcp = none\nlisteners.ssl.default = 127.0.0.1:{self.port}\n"
+            f"ssl_options.cacertfile = {pki.ca}\nssl_options.certfile = {pki.server_cert}\nssl_options.keyfile = {pki.server_key}\n"
+            "ssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n"
+        )
 
     def _env(self) -> dict[str, str]:
         w = self.workdir
@@ -99,9 +146,7 @@ class RabbitMQ:
         w = self.workdir
         for d in ("mnesia", "log"):
             (w / d).mkdir(parents=True, exist_ok=True)
-        (w / "rabbitmq.conf").write_text(
-            f"listeners.tcp.default = 127.0.0.1:{self.port}\nconsumer_timeout = {self.CONSUMER_TIMEOUT_MS}\nloopback_users.guest = true\n"
-        )
+        (w / "rabbitmq.conf").write_text(self._listeners() + f"consumer_timeout = {self.CONSUMER_TIMEOUT_MS}\nloopback_users.guest = true\n")
         (w / "advanced.config").write_text("[{rabbit, [{channel_tick_interval, 1000}]}].\n")
         (w / "enabled_plugins").write_text("[].\n")
         self.proc = subprocess.Popen(

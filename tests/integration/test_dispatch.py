@@ -6,6 +6,7 @@ Workers are real `farmhand worker` processes; crashes are real SIGKILLs.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 import redis as redis_lib
 import yaml
 
-from dispatch_support import MostRunning, RabbitMQ, Redis, WorkerProcess, counted_task, discard_left_tasks, runs_of, settled, sleep_task, wait_until
+from dispatch_support import MostRunning, RabbitMQ, Redis, LocalPKI, WorkerProcess, counted_task, discard_left_tasks, runs_of, settled, sleep_task, wait_until
 from farmhand.client import Client
 from farmhand.config import load_config
 from farmhand.sandbox import ROLE_LABEL, TASK_LABEL
@@ -37,6 +38,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
 @pytest.fixture(scope="session")
 def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
     server = RabbitMQ(tmp_path_factory.mktemp("rabbitmq")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    """RabbitMQ listening on TLS alone and requiring a client certificate of the test CA."""
+    server = RabbitMQ(tmp_path_factory.mktemp("rabbitmq-tls"), tls=LocalPKI(tmp_path_factory.mktemp("pki"))).start()
     yield server
     server.stop()
 
@@ -616,3 +625,30 @@ def test_no_celery_surface_shows_a_secret(rabbitmq: RabbitMQ, redis_server: Redi
     stored = redis_lib.Redis.from_url(redis_server.url).get(f"celery-task-meta-{handle.task_id}")
     for what, text in [("events", json.dumps(mine, default=str)), ("inspect", json.dumps(shown, default=str)), ("result store", str(stored)), ("worker log", worker.log())]:
         assert secret not in text, f"the secret shows in {what}"
+
+
+def tls_env(server: RabbitMQ, redis: Redis, ca: Path, cert: Path, key: Path) -> dict[str, str]:
+    return {"BROKER_URL": server.url, "RESULT_BACKEND": redis.url, "BROKER_TLS_CA": str(ca), "BROKER_TLS_CERT": str(cert), "BROKER_TLS_KEY": str(key)}
+
+
+def test_rabbitmq_over_tls_with_a_client_certificate(rabbitmq_tls: RabbitMQ, redis_server: Redis, farm_factory: Callable[[dict[str, str]], Farm]) -> None:
+    pki = rabbitmq_tls.tls
+    assert pki is not None
+    farm = farm_factory(tls_env(rabbitmq_tls, redis_server, pki.ca, pki.client_cert, pki.client_key))
+    farm.worker()
+    assert farm.client().submit(hello()).result(timeout=60)["state"] == "succeeded"
+
+
+@pytest.mark.parametrize("wrong", ["client certificate", "CA"])
+def test_a_wrong_tls_certificate_or_ca_stops_the_worker_at_start(
+    wrong: str, rabbitmq_tls: RabbitMQ, redis_server: Redis, farm_factory: Callable[[dict[str, str]], Farm], tmp_path: Path
+) -> None:
+    pki = rabbitmq_tls.tls
+    assert pki is not None
+    rogue_ca, rogue_cert, rogue_key = pki.rogue(wrong.replace(" ", "-"))
+    files = (pki.ca, rogue_cert, rogue_key) if wrong == "client certificate" else (rogue_ca, pki.client_cert, pki.client_key)
+    worker = WorkerProcess(tmp_path, {**os.environ, **tls_env(rabbitmq_tls, redis_server, *files)}, name="tls")
+    out = subprocess.run([sys.executable, "-m", "farmhand", "--config", str(worker.config_path), "worker"], env=worker.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert "broker.tls: the TLS handshake with amqps://guest:**@127.0.0.1" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

@@ -253,9 +253,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Serve the queues: journal, run, report; resume what an earlier process left."""
     from farmhand.dispatch.app import make_app, run_worker
     from farmhand.dispatch.node import Node, set_current
+    from farmhand.dispatch.settings import check_tls
 
     config = load_config(args.config)
     _startup_checks(config)
+    check_tls(config)
     try:
         # Held for the process's life: two workers on one WORKING_DIR (or one embedded broker) would
         # both resume every unreported task and hand each other's messages back to the queue.

@@ -88,6 +88,40 @@ def _with_credentials(url: str, username: str | None, password: str | None) -> s
     return urlunsplit((parts.scheme, f"{auth}@{parts.netloc}", parts.path, parts.query, parts.fragment))
 
 
+def probe_broker(config: WorkerConfig, timeout: float = 5) -> None:
+    """Connect once to the configured broker (not the embedded one), raising what went wrong."""
+    from kombu import Connection
+
+    url = broker_url(config)
+    with Connection(url, ssl=celery_settings(config).get("broker_use_ssl") or False, connect_timeout=timeout) as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout)
+
+
+def check_tls(config: WorkerConfig) -> None:
+    """At a worker's start: a TLS handshake the broker or we refuse is a configuration error, said at once.
+
+    A broker that is down is waited for (it may be restarting); a wrong
+    certificate, key or CA never heals by waiting, so it stops the start with
+    a line naming broker.tls and the reason.
+    """
+    if config.broker.tls_ca is None or is_embedded(config):
+        return
+    try:
+        probe_broker(config)
+    except Exception as exc:  # noqa: BLE001 - only TLS failures are fatal here
+        chain: list[BaseException] = []
+        cause: BaseException | None = exc
+        while cause is not None and len(chain) < 8:
+            chain.append(cause)
+            cause = cause.__cause__ or cause.__context__
+        tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
+        if tls is not None:
+            raise ConfigError(
+                f"broker.tls: the TLS handshake with {shown(broker_url(config))} failed: {tls.reason or tls} "
+                f"(CA {config.broker.tls_ca}, certificate {config.broker.tls_cert}, key {config.broker.tls_key})"
+            ) from None
+
+
 def _tls_options(config: WorkerConfig, kind: str) -> dict[str, Any] | None:
     b = config.broker
     if b.tls_ca is None:
