@@ -40,7 +40,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "config.yml"
-        cfg_path.write_text(json.dumps({"working_dir": tmp}))
+        cfg_path.write_text(json.dumps({"working_dir": tmp, "images": {"allowed": [IMAGE]}}))
         config = load_config(cfg_path, environ={})
         client = connect(config)
         # One engine alone (farmhand run-task) creates its task network and removes it; a worker keeps them.

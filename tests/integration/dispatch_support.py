@@ -21,7 +21,7 @@ import redis as redis_lib
 import yaml
 from farmhand import sandbox
 from farmhand.network_pool import POOL_LABEL
-from farmhand.sandbox import TASK_LABEL
+from farmhand.sandbox import TASK_LABEL, cache_volume_name
 from support import BUSYBOX, free_port, wait_for_port, wait_until  # noqa: F401 - wait_until is also imported from here
 
 
@@ -199,6 +199,8 @@ class WorkerProcess:
         doc: dict[str, Any] = {
             "working_dir": str(self.working_dir),
             "images": {"allowed": ["farmhand-test/*"]},
+            # The run counter is one volume for every queue (caches are per queue otherwise): runs_of reads it.
+            "allow": {"caches": ["runcount"]},
             "limits": {"kill_grace": 1},
             "worker": {"node_name": self.node_name, "drain_grace": 30},
         }
@@ -294,7 +296,7 @@ def counted_task(counter: str, seconds: float = 0, **extra: Any) -> dict[str, An
 
 def runs_of(client: Any, counter: str) -> int:
     out = client.containers.run(
-        BUSYBOX, ["sh", "-c", f"cat /count/{counter} 2>/dev/null || true"], volumes={"farmhand-cache-runcount": {"bind": "/count", "mode": "ro"}}, remove=True
+        BUSYBOX, ["sh", "-c", f"cat /count/{counter} 2>/dev/null || true"], volumes={cache_volume_name("runcount", None): {"bind": "/count", "mode": "ro"}}, remove=True
     )
     return out.decode().count("run")
 

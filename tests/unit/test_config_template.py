@@ -31,7 +31,7 @@ def test_defaults_render_to_the_workers_own_defaults(tmp_path):
     path.write_text(render())
     cfg = load_config(path, environ={})
     assert str(cfg.working_dir) == DEFAULTS["working_dir"]
-    assert cfg.allowed_images == ["*"]
+    assert cfg.allowed_images == [] and cfg.max_image_size == 20 << 30
     assert cfg.max_run_time == DEFAULTS["limits"]["max_run_time"]
     assert cfg.log_max_bytes == 1 << 30
     assert cfg.allow_privileged is False and cfg.allowed_capabilities == []

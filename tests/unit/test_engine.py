@@ -114,7 +114,7 @@ class FakeClient:
 @pytest.fixture
 def config(tmp_path: Path) -> WorkerConfig:
     path = tmp_path / "config.yml"
-    path.write_text(yaml.safe_dump({"working_dir": str(tmp_path / "work")}))
+    path.write_text(yaml.safe_dump({"working_dir": str(tmp_path / "work"), "images": {"allowed": ["farmhand-test/*"]}}))
     return load_config(path, environ={})
 
 
@@ -292,7 +292,7 @@ def test_an_upload_that_fails_is_handed_to_pending_and_kept(config: WorkerConfig
     blocked = tmp_path / "not-a-dir"
     blocked.write_text("a file where the warehouse should be")
     path = tmp_path / "config2.yml"
-    path.write_text(yaml.safe_dump({"working_dir": str(config.working_dir), "upload": {"default": blocked.as_uri() + "/"}}))
+    path.write_text(yaml.safe_dump({"working_dir": str(config.working_dir), "images": {"allowed": ["farmhand-test/*"]}, "upload": {"default": blocked.as_uri() + "/"}}))
     cfg = load_config(path, environ={})
     doc = new_engine(cfg, fake).run(task_doc()).to_dict()
     assert (doc["state"], doc["reason"]) == ("exception", "upload-failed")
@@ -340,7 +340,7 @@ def test_a_pull_without_end_is_stopped_by_the_prepare_ceiling_or_a_drain(
     tmp_path: Path, fake: FakeDocker, monkeypatch: pytest.MonkeyPatch, stopper: str
 ) -> None:
     path = tmp_path / "ceiling.yml"
-    path.write_text(yaml.safe_dump({"working_dir": str(tmp_path / "work"), "limits": {"max_prepare_time": 0.3 if stopper == "ceiling" else 3600}}))
+    path.write_text(yaml.safe_dump({"working_dir": str(tmp_path / "work"), "images": {"allowed": ["farmhand-test/*"]}, "limits": {"max_prepare_time": 0.3 if stopper == "ceiling" else 3600}}))
     cfg = load_config(path, environ={})
     eng = new_engine(cfg, fake)
 

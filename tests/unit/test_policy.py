@@ -23,7 +23,8 @@ def make_config(tmp_path: Path) -> Callable[..., WorkerConfig]:
     counter = iter(range(1000))
 
     def _make(doc: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> WorkerConfig:
-        full: dict[str, Any] = {"working_dir": str(tmp_path / "work")}
+        # No image is allowed until listed (images.allowed defaults to none): the tests' image is.
+        full: dict[str, Any] = {"working_dir": str(tmp_path / "work"), "images": {"allowed": ["farmhand-test/*"]}}
         full.update(doc or {})
         path = tmp_path / f"config-{next(counter)}.yml"
         path.write_text(yaml.safe_dump(full))
@@ -114,7 +115,8 @@ def test_no_file_at_default_path_means_defaults(tmp_path: Path, monkeypatch: pyt
     assert cfg.source == "defaults"
     assert cfg.working_dir == Path(config_module.DEFAULTS["working_dir"])
     assert cfg.max_run_time == config_module.DEFAULTS["limits"]["max_run_time"]
-    assert cfg.allowed_images == ["*"]
+    assert cfg.allowed_images == []
+    assert cfg.max_image_size == 20 << 30
     assert cfg.allow_privileged is False and cfg.allow_caches is True
     assert cfg.container_capabilities == config_module.DEFAULT_CAPABILITIES
 
@@ -199,7 +201,7 @@ STRICT: dict[str, Any] = {
     "allow": {
         "privileged": False,
         "capabilities": ["SYS_PTRACE"],
-        "host_mounts": ["/srv/ok", "/data/shared/"],
+        "host_mounts": ["/srv/ok", "/data/shared/", {"path": "/srv/scratch", "writable": True}],
         "devices": ["/dev/fuse"],
         "caches": False,
     },
@@ -239,6 +241,7 @@ DENIALS: list[tuple[str, dict[str, Any], str]] = [
         {"mounts": [{"source": "/srv/ok/a", "target": "/a"}, {"source": "/root", "target": "/b"}]},
         "task.mounts[1].source: host path '/root'",
     ),
+    ("mount writable under a read-only prefix", {"mounts": [{"source": "/srv/ok/a", "target": "/x", "read_only": False}]}, "task.mounts[0].read_only: host path '/srv/ok/a' lies under /srv/ok"),
     ("device", {"devices": ["/dev/sda"]}, "task.devices: device /dev/sda is not allowed"),
     ("caches disabled", {"caches": {"pip": "/root/.cache/pip"}}, "task.caches: cache volumes are not allowed"),
     ("upload elsewhere", {"upload": "file:///etc/"}, "task.upload: target 'file:///etc/' is not among"),
@@ -280,6 +283,8 @@ ALLOWED: list[tuple[str, dict[str, Any]]] = [
     ("mount below prefix", {"mounts": [{"source": "/srv/ok/deep/er", "target": "/x"}]}),
     ("mount dotdot staying inside", {"mounts": [{"source": "/srv/ok/a/../b", "target": "/x"}]}),
     ("mount under slash prefix", {"mounts": [{"source": "/data/shared/x", "target": "/x"}]}),
+    ("writable mount under a writable prefix", {"mounts": [{"source": "/srv/scratch/t1", "target": "/x", "read_only": False}]}),
+    ("read-only mount under a writable prefix", {"mounts": [{"source": "/srv/scratch/t1", "target": "/x"}]}),
     ("device", {"devices": ["/dev/fuse"]}),
     ("upload allowed", {"upload": "file:///srv/warehouse/"}),
     ("upload below allowed", {"upload": "file:///srv/warehouse/team/a/"}),

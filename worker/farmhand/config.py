@@ -8,10 +8,11 @@ naming it, instead of surfacing later as a confusing task failure.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from farmhand.documents import DocumentError, read_document
 from farmhand.errors import ConfigError
@@ -28,7 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "working_dir": "/var/lib/farmhand",
     "docker": {"base_url": None, "timeout": 120},
     "registries": {},
-    "images": {"allowed": ["*"], "pull_attempts": 3, "pull_backoff": 2.0},
+    # No image until the operator lists patterns; a pulled image larger than max_size is refused.
+    "images": {"allowed": [], "max_size": "20g", "pull_attempts": 3, "pull_backoff": 2.0},
     "limits": {
         "max_run_time": 86400,
         "defaults": {"pids": 4096, "shm_size": "64m", "ulimits": {}},
@@ -206,6 +208,68 @@ class NodeSettings:
 
 
 @dataclass(frozen=True)
+class HostMountRule:
+    """An ``allow.host_mounts`` entry: a host directory bind-mount sources may lie under, and
+    whether a task may mount it read-write (a plain path in the config: read-only)."""
+
+    path: str
+    writable: bool
+
+    @classmethod
+    def from_doc(cls, entry: str | Mapping[str, Any]) -> "HostMountRule":
+        if isinstance(entry, str):
+            return cls(path=os.path.normpath(entry), writable=False)
+        return cls(path=os.path.normpath(entry["path"]), writable=bool(entry.get("writable", False)))
+
+
+def under(path: str, prefix: str) -> bool:
+    """Whether normalised ``path`` is ``prefix`` or lies below it (by name: ``/srv/okay`` is not under ``/srv/ok``)."""
+    prefix = os.path.normpath(prefix)
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def host_mount_rule(rules: "Iterable[HostMountRule]", path: str) -> HostMountRule | None:
+    """The ``allow.host_mounts`` entry that decides for ``path``: the innermost prefix holding it."""
+    matching = [r for r in rules if under(os.path.normpath(path), r.path)]
+    return max(matching, key=lambda r: len(r.path)) if matching else None
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """``allow.caches``: which cache volumes tasks may use, and who shares each.
+
+    A cache volume belongs to a scope, the queue its task came from (``local``
+    for ``farmhand run-task``) or the namespace ``scopes`` maps that queue to;
+    a task reaches only its own scope's volumes. ``shared`` names (fnmatch
+    patterns) are one volume for every scope. ``scoped`` false: only the
+    shared names may be used at all.
+    """
+
+    scoped: bool
+    shared: tuple[str, ...]
+    scopes: dict[str, str]
+
+    @classmethod
+    def from_doc(cls, value: bool | list[str] | Mapping[str, Any]) -> "CachePolicy":
+        if isinstance(value, bool):
+            return cls(scoped=value, shared=(), scopes={})
+        if isinstance(value, list):
+            return cls(scoped=True, shared=tuple(value), scopes={})
+        return cls(scoped=bool(value.get("scoped", True)), shared=tuple(value.get("shared", ())), scopes=dict(value.get("scopes", {})))
+
+    @property
+    def enabled(self) -> bool:
+        return self.scoped or bool(self.shared)
+
+    def is_shared(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.shared)
+
+    def scope_for(self, scope: str) -> str:
+        """The namespace a task's scope (its queue) keeps its caches in."""
+        return self.scopes.get(scope, scope)
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     """Validated, typed view of the config document.
 
@@ -218,6 +282,7 @@ class WorkerConfig:
     docker_timeout: float
     registries: dict[str, dict[str, str]]
     allowed_images: list[str]
+    max_image_size: int | None
     pull_attempts: int
     pull_backoff: float
     max_run_time: int
@@ -227,9 +292,9 @@ class WorkerConfig:
     kill_grace: float
     allow_privileged: bool
     allowed_capabilities: list[str]
-    allowed_host_mounts: list[str]
+    host_mounts: tuple[HostMountRule, ...]
     allowed_devices: list[str]
-    allow_caches: bool
+    caches: CachePolicy
     container_capabilities: list[str]
     log_max_bytes: int
     artifacts_max_bytes: int | None
@@ -243,6 +308,16 @@ class WorkerConfig:
     pending_retry_interval: float
     broker: BrokerSettings
     node: NodeSettings
+
+    @property
+    def allowed_host_mounts(self) -> list[str]:
+        """The host paths of ``allow.host_mounts``, writable or not."""
+        return [rule.path for rule in self.host_mounts]
+
+    @property
+    def allow_caches(self) -> bool:
+        """Whether a task may use any cache volume at all."""
+        return self.caches.enabled
 
     @property
     def tasks_dir(self) -> Path:
@@ -337,6 +412,7 @@ def _typed(doc: dict[str, Any], source: str) -> WorkerConfig:
         docker_timeout=float(doc["docker"]["timeout"]),
         registries=dict(doc["registries"]),
         allowed_images=list(doc["images"]["allowed"]),
+        max_image_size=parse_size(doc["images"]["max_size"]),
         pull_attempts=int(doc["images"]["pull_attempts"]),
         pull_backoff=float(doc["images"]["pull_backoff"]),
         max_run_time=int(limits["max_run_time"]),
@@ -346,9 +422,9 @@ def _typed(doc: dict[str, Any], source: str) -> WorkerConfig:
         kill_grace=float(limits["kill_grace"]),
         allow_privileged=bool(doc["allow"]["privileged"]),
         allowed_capabilities=list(doc["allow"]["capabilities"]),
-        allowed_host_mounts=list(doc["allow"]["host_mounts"]),
+        host_mounts=tuple(HostMountRule.from_doc(entry) for entry in doc["allow"]["host_mounts"]),
         allowed_devices=list(doc["allow"]["devices"]),
-        allow_caches=bool(doc["allow"]["caches"]),
+        caches=CachePolicy.from_doc(doc["allow"]["caches"]),
         container_capabilities=list(doc["container"]["capabilities"]),
         log_max_bytes=int(parse_size(doc["logs"]["max_bytes"]) or 0),
         artifacts_max_bytes=parse_size(limits["artifacts_max_bytes"]),

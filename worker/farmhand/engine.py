@@ -62,8 +62,11 @@ class Engine:
         client: docker.DockerClient,
         reporter: Reporter | None = None,
         networks: NetworkPool | None = None,
+        cache_scope: str = sandbox.LOCAL_SCOPE,
     ) -> None:
         self.config = config
+        # Whose cache volumes the task reaches: its queue's (farmhand worker), or run-task's "local".
+        self.cache_scope = cache_scope
         self.client = client
         self.events = StageEvents(reporter or NullReporter())
         # A worker shares one pool between its engines; alone, an engine creates and removes its network.
@@ -173,7 +176,7 @@ class Engine:
             ceiling.daemon = True
             ceiling.start()
             try:
-                attempt.options = prepare_docker(self.client, self.config, self.networks, attempt, self.events, self._cancel)
+                attempt.options = prepare_docker(self.client, self.config, self.networks, attempt, self.events, self._cancel, cache_scope=self.cache_scope)
             except Cancelled:
                 raise Cancelled(cancel_message(self._cancel_reason, "while it prepared"), reason=self._cancel_reason) from None
             finally:

@@ -1,14 +1,16 @@
 """Make sure an image is on the host, as the task's pull policy says, with the host's credentials.
 
 Registry credentials come from the worker's config, keyed by registry host:
-a task names an image, never a password.
+a task names an image, never a password. An image larger than the config's
+``images.max_size`` is refused (policy-denied) once it is on the host, before
+any container of the task exists.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import docker
 from docker.auth import resolve_repository_name
@@ -18,7 +20,8 @@ from docker.utils import parse_repository_tag
 from farmhand.backoff import backoff_delay
 from farmhand.config import WorkerConfig
 from farmhand.docker_client import error_text
-from farmhand.errors import ImageUnavailable
+from farmhand.errors import ImageUnavailable, PolicyDenied
+from farmhand.policy import human_size
 
 #: Registry answers that another try will not change.
 PERMANENT = re.compile(
@@ -79,6 +82,21 @@ def _pull_once(client: docker.DockerClient, image: str, auth: dict[str, str] | N
         progress.feed(event)
 
 
+def _within_size(config: WorkerConfig, image: str, found: Any) -> str:
+    """The image's id, once its size (docker inspect's ``Size``) is within ``images.max_size``."""
+    limit = config.max_image_size
+    attrs = getattr(found, "attrs", None)
+    if limit is not None and isinstance(attrs, dict):
+        size = attrs.get("Size")
+        if not isinstance(size, int):
+            raise ImageUnavailable(f"image {image!r}: Docker does not say its size, and this worker bounds it (images.max_size)")
+        if size > limit:
+            raise PolicyDenied(
+                [f"image {image!r} is {human_size(size)}, above this worker's images.max_size of {human_size(limit)} (it is not run; it stays on the host)"]
+            )
+    return str(found.id)
+
+
 def ensure_image(
     client: docker.DockerClient,
     config: WorkerConfig,
@@ -91,17 +109,20 @@ def ensure_image(
 
     Raises ``ImageUnavailable`` with the registry's own words when the image
     cannot be had: a missing image under ``never``, bad credentials, or a
-    registry still failing after ``pull_attempts`` tries with backoff.
+    registry still failing after ``pull_attempts`` tries with backoff; and
+    ``PolicyDenied`` when the image is larger than ``images.max_size``.
     """
     ref = full_reference(image)
     if pull_policy in ("never", "if-not-present"):
         try:
-            return client.images.get(ref).id
+            found = client.images.get(ref)
         except ImageNotFound:
             if pull_policy == "never":
                 raise ImageUnavailable(f"image {image!r} is not on this host and its pull policy is 'never'") from None
         except DockerException as exc:
             raise ImageUnavailable(f"image {image!r}: cannot inspect it: {exc}") from exc
+        else:
+            return _within_size(config, image, found)
 
     registry, _, _ = split_reference(image)
     auth = config.credentials_for(registry)
@@ -111,7 +132,7 @@ def ensure_image(
     for attempt in range(1, attempts + 1):
         try:
             _pull_once(client, image, auth, progress)
-            return client.images.get(ref).id
+            found = client.images.get(ref)
         except (APIError, DockerException) as exc:
             last = exc
             text = error_text(exc)
@@ -121,6 +142,8 @@ def ensure_image(
             if report:
                 report(f"pull failed ({text}); try {attempt + 1} of {attempts} in {delay:.1f}s", {})
             sleep(delay)
+        else:
+            return _within_size(config, image, found)
     assert last is not None  # at least one attempt was made
     text = error_text(last)
     who = f" with the credentials configured for {registry}" if auth else f" (no credentials configured for {registry})"

@@ -30,8 +30,12 @@ def prepare_docker(
     attempt: Attempt,
     events: StageEvents,
     cancel: threading.Event,
+    cache_scope: str = sandbox.LOCAL_SCOPE,
 ) -> dict[str, Any]:
-    """Everything the task's container needs before it is created; returns its options."""
+    """Everything the task's container needs before it is created; returns its options.
+
+    ``cache_scope`` (the task's queue) chooses the task's cache volumes: it reaches its own scope's, and the shared ones.
+    """
     task = attempt.task
     assert task is not None
     tid = task.task_id
@@ -50,7 +54,7 @@ def prepare_docker(
     if task.network == "bridge":
         attempt.network = networks.acquire()
         attempt.checkpoint("prepare")  # at once, so a worker killed now gives the network back when it starts over
-    volumes = sandbox.ensure_caches(client, task.caches)
+    volumes = sandbox.ensure_caches(client, policy.cache_volumes(config, task, cache_scope))
     for svc in task.services:
         assert attempt.network is not None  # checked by the task contract
         sandbox.start_service(client, tid, svc, attempt.network, service_options(config), lambda m: events.say(tid, "prepare", m), cancel)

@@ -1,48 +1,147 @@
 """Everything a task owns on the Docker host besides its main container: its helper
-services and its cache volumes; and the cleanup that removes its containers.
-(Its network comes from ``network_pool``.)
+services and its cache volumes; the host paths it may bind-mount, resolved; and
+the cleanup that removes its containers. (Its network comes from ``network_pool``.)
 
 Ownership is recorded as labels (``farmhand.task-id``), so cleanup and a later
 worker can find a task's objects from Docker alone, with no state of ours.
+Cache volumes are labelled with their name and scope (``farmhand.cache``,
+``farmhand.cache.scope``), so a later GC finds them the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
+import stat
 import threading
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
 
+from farmhand.config import HostMountRule, host_mount_rule, under
 from farmhand.docker_client import error_text
-from farmhand.errors import Cancelled, ServiceUnready
+from farmhand.errors import Cancelled, PolicyDenied, ServiceUnready, TaskProblem
 from farmhand.task import Service
 
 TASK_LABEL = "farmhand.task-id"
 ROLE_LABEL = "farmhand.role"
 CACHE_LABEL = "farmhand.cache"
+CACHE_SCOPE_LABEL = "farmhand.cache.scope"
+#: The scope of the caches of ``farmhand run-task`` (a worker's tasks are scoped by their queue).
+LOCAL_SCOPE = "local"
+#: ``farmhand.cache.scope`` of a cache the policy shares across every scope.
+SHARED_SCOPE_LABEL = "*"
+#: The scope part of a shared cache's volume name: no scope maps to it (see ``scope_token``).
+_SHARED_TOKEN = "_shared"
+_PLAIN_SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_]{0,63}$")
 
 
 def task_labels(task_id: str, role: str) -> dict[str, str]:
     return {TASK_LABEL: task_id, ROLE_LABEL: role}
 
 
-def cache_volume_name(name: str) -> str:
-    return f"farmhand-cache-{name}"
+def scope_token(scope: str | None) -> str:
+    """A scope as it is written in a volume name: one-to-one, and free of ``-``.
+
+    A plain scope (letters, digits, ``_``; starting with a letter or digit) is
+    itself; any other is a readable slug, a dot and 16 hex digits of its
+    SHA-256, so no two scopes meet and every one makes a valid Docker name.
+    Shared caches (``None``) get ``_shared``, which neither form produces.
+    """
+    if scope is None:
+        return _SHARED_TOKEN
+    if _PLAIN_SCOPE.match(scope):
+        return scope
+    slug = re.sub(r"[^A-Za-z0-9_]", "_", scope)[:32]
+    return f"{slug}.{hashlib.sha256(scope.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
 
 
-def ensure_caches(client: docker.DockerClient, caches: dict[str, str]) -> dict[str, dict[str, str]]:
-    """Named volumes for the task's caches, created on first use and never removed by cleanup."""
+def cache_volume_name(name: str, scope: str | None) -> str:
+    """``farmhand-cache-SCOPE-NAME``: the first ``-`` after the prefix ends the scope, which holds none."""
+    return f"farmhand-cache-{scope_token(scope)}-{name}"
+
+
+@dataclass(frozen=True)
+class CacheVolume:
+    """One cache of a task: its name, the scope that owns its volume (None: shared by all), its mount path."""
+
+    name: str
+    scope: str | None
+    target: str
+
+    @property
+    def volume(self) -> str:
+        return cache_volume_name(self.name, self.scope)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {CACHE_LABEL: self.name, CACHE_SCOPE_LABEL: SHARED_SCOPE_LABEL if self.scope is None else self.scope}
+
+
+def ensure_caches(client: docker.DockerClient, caches: Iterable[CacheVolume]) -> dict[str, dict[str, str]]:
+    """Named volumes for the task's caches, created on first use and never removed by cleanup.
+
+    A volume of that name whose labels say another cache or scope (made by
+    hand, or by something else) is not used: the task would read what it holds.
+    """
     binds: dict[str, dict[str, str]] = {}
-    for name, target in caches.items():
-        vol = cache_volume_name(name)
+    for cache in caches:
+        vol = cache.volume
         try:
-            client.volumes.get(vol)
+            found = client.volumes.get(vol)
         except NotFound:
-            client.volumes.create(vol, labels={CACHE_LABEL: name})
-        binds[vol] = {"bind": target, "mode": "rw"}
+            client.volumes.create(vol, labels=cache.labels)
+        else:
+            labels = (found.attrs or {}).get("Labels") or {}
+            if any(labels.get(k) != v for k, v in cache.labels.items()):
+                raise TaskProblem(
+                    f"task.caches.{cache.name}: volume {vol} exists on this host without the labels of this cache "
+                    f"({', '.join(f'{k}={v}' for k, v in cache.labels.items())}); it is not used",
+                    reason="internal-error",
+                )
+        binds[vol] = {"bind": cache.target, "mode": "rw"}
     return binds
+
+
+def resolve_host_mount(source: str, rules: Sequence[HostMountRule], *, writable: bool, field: str) -> str:
+    """The host path to bind-mount for ``source``, resolved now without following a link.
+
+    The policy judged the source by its name; this looks at the host, when the
+    container is about to be made. The outermost allowed prefix holding the
+    source is the operator's and is resolved as written (its links are the
+    operator's own: no task can write above it); below it every component is
+    looked at with ``lstat``, and a symbolic link anywhere (a task may have
+    left ``esc -> /`` in a shared directory) refuses the mount, as does a
+    source that does not exist (dockerd would create it, as root). What is
+    returned holds no link below the prefix: it is the path Docker mounts.
+    Raises ``PolicyDenied`` naming ``field`` (``task.mounts[i].source``).
+    """
+    norm = os.path.normpath(source)
+    rule = host_mount_rule(rules, norm)
+    if rule is None:
+        raise PolicyDenied([f"{field}: host path {source!r} may not be mounted on this worker"])
+    if writable and not rule.writable:
+        raise PolicyDenied([f"{field.rsplit('.', 1)[0]}.read_only: host path {source!r} lies under {rule.path}, which tasks may mount read-only only"])
+    outer = min((r for r in rules if under(norm, r.path)), key=lambda r: len(r.path))
+    path = os.path.realpath(outer.path)
+    rest = os.path.relpath(norm, outer.path)
+    for part in [] if rest == "." else rest.split("/"):
+        path = os.path.join(path, part)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            raise PolicyDenied([f"{field}: host path {source!r} does not exist on this host"]) from None
+        except OSError as exc:
+            raise PolicyDenied([f"{field}: host path {source!r} cannot be looked at ({path}: {exc.strerror})"]) from None
+        if stat.S_ISLNK(st.st_mode):
+            raise PolicyDenied([f"{field}: host path {source!r} goes through a symbolic link ({path}); it is not mounted"])
+    if not os.path.lexists(path):
+        raise PolicyDenied([f"{field}: host path {source!r} does not exist on this host"])
+    return path
 
 
 def start_service(
