@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from farmhand import firewall
 from farmhand.config import WorkerConfig, load_config
 from farmhand.dispatch import settings
 from farmhand.errors import ConfigError, TaskProblem
@@ -29,6 +30,7 @@ def checks(config_path: str | None = None) -> Iterator[Check]:
     yield _cgroups()
     yield _broker(config)
     yield _sftp(config)
+    yield firewall.host_check(config)
 
 
 def _working_dir(config: WorkerConfig) -> Check:

@@ -360,6 +360,43 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if problems == 0 else EXIT["exception"]
 
 
+def cmd_firewall(args: argparse.Namespace) -> int:
+    """The iptables rules that keep task networks off this host and link-local addresses (as root)."""
+    from farmhand import firewall
+
+    try:
+        if args.firewall_command == "remove":
+            report = firewall.remove()
+            enabled = True
+        else:
+            enabled, policy = firewall.policy_from_config(load_config(args.config), allow=args.allow, block=args.block)
+            if args.firewall_command == "check":
+                problems = firewall.check(policy) if enabled else []
+                for line in problems:
+                    print(f"firewall: missing: {line}")
+                if not enabled:
+                    print("firewall: disabled by the config")
+                elif problems:
+                    print("firewall: not in place: run `farmhand firewall apply` as root, or restart farmhand")
+                else:
+                    print(f"firewall: in place: {policy.summary()}")
+                return 0 if not problems else EXIT["exception"]
+            report = firewall.apply(policy) if enabled else firewall.remove()
+    except ValueError as exc:
+        print(f"farmhand: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except firewall.FirewallError as exc:
+        print(f"farmhand: firewall: {exc}", file=sys.stderr)
+        return EXIT["exception"]
+    for note in report.notes:
+        print(f"firewall: note: {note}")
+    for change in report.changes:
+        print(f"firewall: changed: {change}")
+    done = "removed" if args.firewall_command == "remove" or not enabled else "applied"
+    print(f"firewall: {done}, {len(report.changes)} change(s)" if report.changes else f"firewall: {done}, unchanged")
+    return 0
+
+
 def task_id_argument(value: str) -> str:
     """A task id given on the command line obeys the contract's task_id pattern; else argparse exits 2 naming the option."""
     problem = task_id_problem(value)
@@ -427,6 +464,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     ck = sub.add_parser("check", help="is this host ready: config, Docker, working dir, broker, SSH key")
     ck.set_defaults(func=cmd_check)
+
+    fw = sub.add_parser("firewall", help="iptables rules (as root): task networks reach neither this host nor link-local/metadata addresses")
+    fw_sub = fw.add_subparsers(dest="firewall_command", required=True)
+    for verb, text in (
+        ("apply", "install or correct the rules (idempotent; the systemd unit runs it before the worker)"),
+        ("check", "exit 0 when the rules are in place as the config says, 3 naming what is missing"),
+        ("remove", "take every farmhand rule and chain away"),
+    ):
+        fw_cmd = fw_sub.add_parser(verb, help=text)
+        if verb != "remove":
+            fw_cmd.add_argument("--allow", action="append", metavar="DEST", help="instead of the config's list: host[:PORT[/PROTO]] or CIDR[:PORT[/PROTO]] tasks may reach (repeat)")
+            fw_cmd.add_argument("--block", action="append", metavar="CIDR", help="instead of the config's list: a network tasks may not reach (repeat)")
+        fw_cmd.set_defaults(func=cmd_firewall)
 
     pend = sub.add_parser("pending", help="uploads that failed and wait in WORKING_DIR/pending/")
     pend_sub = pend.add_subparsers(dest="pending_command", required=True)

@@ -14,6 +14,13 @@ restarted worker finds what an earlier process of the same node left idle
 (``sweep``) and never touches another node's networks on the same engine.
 ``keep=0`` (``farmhand run-task``) creates a network per task and removes it at
 cleanup.
+
+Every task network's bridge interface is named ``fh-`` and the network's own
+12 hex digits (``com.docker.network.bridge.name``), so the static rules of
+``farmhand firewall`` match all of them with one wildcard (``-i fh-+``)
+whatever networks come and go. A network without such a bridge (made by a
+worker older than the rules) is never handed to a task: ``acquire`` removes
+it and takes another.
 """
 
 from __future__ import annotations
@@ -25,8 +32,17 @@ import docker
 from docker.errors import DockerException, NotFound
 
 from farmhand.docker_client import error_text
+from farmhand.firewall import BRIDGE_PREFIX
 
 POOL_LABEL = "farmhand.network"
+#: Docker's option naming a bridge network's interface (every task network's starts with BRIDGE_PREFIX).
+BRIDGE_OPTION = "com.docker.network.bridge.name"
+_NAME_PREFIX = "farmhand-net-"
+
+
+def bridge_name(network: str) -> str:
+    """The interface of task network ``farmhand-net-HEX12``: ``fh-HEX12`` (15 characters, the kernel's limit)."""
+    return BRIDGE_PREFIX + network.removeprefix(_NAME_PREFIX)
 
 
 class NetworkPool:
@@ -44,8 +60,11 @@ class NetworkPool:
             if name is None:
                 return self._create()
             try:
-                self.client.networks.get(name)  # an operator's `docker network prune` may have taken it
+                options = self.client.api.inspect_network(name).get("Options") or {}  # an operator's prune may have taken it
             except NotFound:
+                continue
+            if not str(options.get(BRIDGE_OPTION, "")).startswith(BRIDGE_PREFIX):
+                self._remove(name)  # an older worker's network: its bridge escapes the firewall's rules
                 continue
             return name
 
@@ -91,8 +110,10 @@ class NetworkPool:
         return removed
 
     def _create(self) -> str:
-        name = f"farmhand-net-{uuid.uuid4().hex[:12]}"
-        self.client.networks.create(name, driver="bridge", labels={POOL_LABEL: self.owner}, check_duplicate=True)
+        name = f"{_NAME_PREFIX}{uuid.uuid4().hex[:12]}"
+        self.client.networks.create(
+            name, driver="bridge", labels={POOL_LABEL: self.owner}, options={BRIDGE_OPTION: bridge_name(name)}, check_duplicate=True
+        )
         return name
 
     def _remove(self, name: str) -> list[str]:

@@ -163,6 +163,28 @@ def test_farmhand_check_as_the_service_user(host):
     assert out.rc == 0, out.stdout + out.stderr
 
 
+def test_task_network_firewall_in_place(host):
+    # The unit's ExecStartPre (+, as root) and the role put farmhand's chains in
+    # place; the worker's own user could not have (nor can it read them).
+    assert "firewall apply" in host.check_output("systemctl show farmhand -p ExecStartPre --value")
+    out = host.run(f"{VENV}/bin/farmhand --config /etc/farmhand/config.yml firewall check")
+    assert out.rc == 0, out.stdout + out.stderr
+    assert "-A INPUT -i fh-+ -m comment --comment farmhand -j FARMHAND-INPUT" in host.check_output("iptables -S INPUT")
+    assert "-j FARMHAND-FORWARD" in host.check_output("iptables -S DOCKER-USER")
+    assert "-d 169.254.0.0/16" in host.check_output("iptables -S FARMHAND-FORWARD")
+
+
+def test_the_unit_puts_the_firewall_back_at_every_start(host):
+    # Rules lost (a firewall reload, a reboot): the next start of the unit restores them, as root.
+    farmhand = f"{VENV}/bin/farmhand --config /etc/farmhand/config.yml firewall"
+    assert host.run(f"{farmhand} remove").rc == 0
+    assert host.run(f"{farmhand} check").rc == 3
+    host.check_output("systemctl restart farmhand")
+    assert host.service("farmhand").is_running
+    out = host.run(f"{farmhand} check")
+    assert out.rc == 0, out.stdout + out.stderr
+
+
 def test_docker_socket_only_through_the_docker_group(host):
     # The unit's SupplementaryGroups is what opens the socket: without the
     # group the worker's user is refused, with it dockerd answers.
