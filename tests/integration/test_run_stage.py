@@ -205,3 +205,133 @@ def test_a_child_killed_for_memory_does_not_fail_a_command_that_recovers(run_tas
     assert (result.state, result.reason) == ("succeeded", None)
     assert any("lack of memory" in w for w in result.warnings)
     assert "recovered" in read_log(result.log.location).decode()
+
+
+# -- secrets across lines and Docker's 16 KiB split; a re-adopted log whose head Docker rotated away --
+
+_PEM = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\n"
+    "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
+    "QyNTUxOQAAACD7rX2kJ1vA7cF0sB8dQk1pN3mQ9xZyWvUu2sT4aLhKcQAAAJgAAAAAAAAA\n"
+    "-----END OPENSSH PRIVATE KEY-----"
+)
+_JSON_CREDENTIAL = '{\n  "type": "service_account",\n  "private_key_id": "5f1c0ffee0ddba11",\n  "client_secret": "qX9-zz81-PLUGH"\n}'
+_LONG_TOKEN = "".join(f"{i:05d}-long-token-" for i in range(1600))  # 25.6 kB, no newline: Docker splits it at 16 KiB
+
+
+def test_multi_line_and_long_secrets_are_masked_as_the_task_printed_them(run_task, workdir):
+    result = run_task(
+        busybox_task(
+            'echo "pem: $PEM_KEY"; echo "json: $JSON_CRED"; printf "long: %s end\\n" "$LONG_TOKEN"; echo after',
+            task_id="secret-lines",
+            env={"PEM_KEY": _PEM, "JSON_CRED": _JSON_CREDENTIAL, "LONG_TOKEN": _LONG_TOKEN},
+            secret_env=["PEM_KEY", "JSON_CRED", "LONG_TOKEN"],
+        )
+    )
+    assert result.state == "succeeded", result.message
+    log = read_log(result.log.location).decode()
+    for secret in (_PEM, _JSON_CREDENTIAL, _LONG_TOKEN):
+        for line in secret.splitlines()[1:-1] or [secret[:32], secret[-32:]]:
+            assert line not in log, line
+    assert "b3BlbnNzaC1" not in log and "qX9-zz81-PLUGH" not in log
+    assert "00000-long-token" not in log and "01599-long-token" not in log
+    lines = log.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == ["pem: ***", "json: ***", "long: *** end", "after"]
+    assert all(line[:4].isdigit() and line[29:31] == "Z " for line in lines), "each line is timestamped"
+    for stored in (p for p in (workdir / "tasks" / "secret-lines").rglob("*") if p.is_file()):
+        assert _LONG_TOKEN[:64].encode() not in read_decompressed(stored), stored
+
+
+def _wait_for(condition, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def _adopt(client, make_config, container, log_path: Path):
+    from farmhand.container_run import adopt_container
+    from farmhand.task import parse_task
+
+    task = parse_task(busybox_task("unused"), task_id="adopted-1")
+    said: list[str] = []
+    outcome = adopt_container(client, make_config(), task, container, log_path, said.append)
+    return outcome, said
+
+
+def _rotating_container(client, script: str):
+    from docker.types import LogConfig
+
+    return client.containers.run(
+        BUSYBOX, ["sh", "-c", script], detach=True, log_config=LogConfig(type="json-file", config={"max-size": "1k", "max-file": "2"})
+    )
+
+
+_CHATTY = 'echo first; until [ -e /tmp/go ]; do sleep 0.05; done; i=0; while [ $i -lt 200 ]; do echo "line-$i-padding-padding-padding"; i=$((i+1)); done; echo last'
+
+
+def test_a_re_adopted_log_whose_head_docker_rotated_away_is_incomplete(client, make_config, tmp_path):
+    container = _rotating_container(client, _CHATTY)
+    try:
+        container.exec_run(["touch", "/tmp/go"])
+        container.wait(timeout=60)
+        assert b"first" not in container.logs(), "Docker has rotated the head away"
+        log_path = tmp_path / "task.log"
+        outcome, said = _adopt(client, make_config, container, log_path)
+        assert outcome.exit_code == 0
+        assert outcome.log.complete is False
+        assert outcome.log.warnings and "rotated" in outcome.log.warnings[0]
+        assert any("rotated" in message for message in said)
+        data = log_path.read_bytes()
+        assert data.startswith(b"[farmhand] ") and b"rotated" in data.splitlines()[0]
+        assert data.endswith(b" last\n") and outcome.log.size == len(data)
+    finally:
+        container.remove(force=True)
+
+
+def test_a_re_adopted_log_that_starts_later_than_the_earlier_worker_s_is_incomplete(client, make_config, tmp_path):
+    """The earlier worker's log (left in the workspace) shows where the output began: the exact check."""
+    container = _rotating_container(client, _CHATTY)
+    try:
+        _wait_for(lambda: b"first" in container.logs())
+        log_path = tmp_path / "task.log"
+        log_path.write_bytes(container.logs(timestamps=True))  # what the earlier worker had read
+        container.exec_run(["touch", "/tmp/go"])
+        container.wait(timeout=60)
+        outcome, _ = _adopt(client, make_config, container, log_path)
+        assert outcome.log.complete is False
+        assert outcome.log.warnings[0].startswith("Docker rotated the head of this task's log away"), "the exact check, not a maybe"
+        assert b" first\n" not in log_path.read_bytes()
+    finally:
+        container.remove(force=True)
+
+
+def test_a_re_adopted_log_with_its_head_still_there_is_complete(client, make_config, tmp_path):
+    # Rotated once (a second file exists), but the head is still in it: the earlier worker's log proves it.
+    container = _rotating_container(client, 'echo first; until [ -e /tmp/go ]; do sleep 0.05; done; i=0; while [ $i -lt 12 ]; do echo "line-$i-padding-padding-padding"; i=$((i+1)); done; echo last')
+    try:
+        _wait_for(lambda: b"first" in container.logs())
+        log_path = tmp_path / "task.log"
+        log_path.write_bytes(container.logs(timestamps=True))
+        container.exec_run(["touch", "/tmp/go"])
+        container.wait(timeout=60)
+        assert container.logs().startswith(b"first\n")
+        assert Path(client.api.inspect_container(container.id)["LogPath"] + ".1").exists(), "Docker has rotated once"
+        outcome, said = _adopt(client, make_config, container, log_path)
+        assert outcome.log.complete is True and outcome.log.warnings == []
+        assert log_path.read_bytes() == container.logs(timestamps=True)
+        assert not any("rotated" in message for message in said)
+    finally:
+        container.remove(force=True)
+    # And without an earlier log, a container whose log never rotated is complete too.
+    quiet = client.containers.run(BUSYBOX, ["sh", "-c", "echo only line"], detach=True)
+    try:
+        quiet.wait(timeout=60)
+        log_path = tmp_path / "quiet.log"
+        outcome, _ = _adopt(client, make_config, quiet, log_path)
+        assert outcome.log.complete is True
+        assert log_path.read_bytes() == quiet.logs(timestamps=True)
+    finally:
+        quiet.remove(force=True)

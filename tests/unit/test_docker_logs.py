@@ -118,3 +118,88 @@ def test_a_stream_cut_while_the_task_runs_is_followed_again(cut):
 
 def test_since_param_keeps_nanoseconds():
     assert since_param(b"2026-11-23T10:00:00.000000003Z") == "1795428000.000000003"
+
+
+# -- Dechunker: HTTP/1.1 chunked bodies, read from the connection's buffer -----------------
+
+from http.client import IncompleteRead  # noqa: E402
+
+from farmhand.docker_logs import Dechunker  # noqa: E402
+
+
+class Conn:
+    """A buffered connection: read1 returns the next piece; reading past the pieces is an error (it would block)."""
+
+    def __init__(self, pieces: list[bytes], eof: bool = False) -> None:
+        self.pieces = [p for p in pieces if p]
+        self.eof = eof
+
+    def read1(self, n: int) -> bytes:
+        if not self.pieces:
+            assert self.eof, "read past the end of the body: this read would block"
+            return b""
+        piece = self.pieces.pop(0)
+        if len(piece) > n:
+            piece, rest = piece[:n], piece[n:]
+            self.pieces.insert(0, rest)
+        return piece
+
+
+def chunked(parts: list[bytes], extension: bool = False, trailer: bool = False) -> bytes:
+    ext = b";name=value" if extension else b""
+    body = b"".join(b"%x%s\r\n%s\r\n" % (len(p), ext, p) for p in parts if p)
+    return body + b"0\r\n" + (b"X-Trailer: 1\r\n" if trailer else b"") + b"\r\n"
+
+
+def read_all(read) -> bytes:
+    out = []
+    while data := read(1 << 20):
+        out.append(data)
+    assert read(1 << 20) == b""  # stays ended
+    return b"".join(out)
+
+
+def test_dechunker_joins_many_chunks_in_one_read():
+    body = chunked([b"frame %d\n" % i for i in range(100)])
+    d = Dechunker(Conn([body]))
+    assert d.read(1 << 20) == b"".join(b"frame %d\n" % i for i in range(100))
+    assert d.read(1 << 20) == b""
+
+
+@pytest.mark.parametrize("extension", [False, True])
+@pytest.mark.parametrize("trailer", [False, True])
+def test_dechunker_at_every_cut(extension, trailer):
+    parts = [b"a", b"bc\r\n", b"x" * 300, b"\r\n0\r\n"]
+    body = chunked(parts, extension, trailer)
+    for cut in range(1, len(body)):
+        for second in (cut, min(cut + 1, len(body)), min(cut + 7, len(body))):
+            pieces = [body[:cut], body[cut:second], body[second:]]
+            assert read_all(Dechunker(Conn(pieces)).read) == b"".join(parts), (cut, second)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=40), max_size=20), st.lists(st.integers(1, 2000), max_size=15))
+def test_dechunker_any_body_any_reads(parts, cuts):
+    body = chunked(parts)
+    bounds = sorted({c for c in cuts if c < len(body)})
+    pieces = [body[a:b] for a, b in zip([0, *bounds], [*bounds, len(body)])]
+    assert read_all(Dechunker(Conn(pieces)).read) == b"".join(parts)
+
+
+def test_dechunker_does_not_read_past_the_last_chunk():
+    # a kept-alive connection: nothing follows the terminating chunk, and no read may wait for it
+    d = Dechunker(Conn([chunked([b"one", b"two"])]))
+    assert read_all(d.read) == b"onetwo"
+
+
+@pytest.mark.parametrize("cut", [0, 3, 5, 9])
+def test_dechunker_connection_closed_early_is_an_incomplete_read(cut):
+    body = chunked([b"hello", b"world"])[: 10 + cut]
+    d = Dechunker(Conn([body], eof=True))
+    with pytest.raises(IncompleteRead):
+        read_all(d.read)
+
+
+def test_dechunker_rejects_a_bad_size_line():
+    with pytest.raises(IncompleteRead):
+        Dechunker(Conn([b"zz\r\nabc\r\n"])).read(100)

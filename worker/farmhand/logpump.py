@@ -1,8 +1,12 @@
 """Copy a container's output to the task's log file as it is produced.
 
-Memory stays bounded whatever the task prints: each frame is masked, written
-and dropped. The file is capped; past the cap output is counted but discarded,
-and the truncation is marked in the file itself.
+Memory stays bounded whatever the task prints: each batch of frames is
+masked, written and dropped (the masker holds back at most the longest
+secret's length minus one bytes). Secrets are masked in the output as the
+task printed it, across lines and Docker's 16 KiB splits, and the file is
+timestamped like ``docker logs -t`` (``masking.FrameMasker``). The file is
+capped; past the cap output is counted but discarded, and the truncation is
+marked in the file itself.
 """
 
 from __future__ import annotations
@@ -10,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 from farmhand.digest import sha256_file
-from farmhand.masking import StreamMasker
+from farmhand.masking import STAMP, FrameMasker, StreamMasker
 
 
 @dataclass
@@ -26,20 +30,41 @@ class LogSummary:
     truncated: bool
     dropped_bytes: int
     complete: bool
+    #: Why the log is not whole when the stream itself was (e.g. Docker rotated its head away).
+    warnings: list[str] = field(default_factory=list)
+
+
+#: ``head_check(stamp)``: given the stamp of the first frame read (None: no output), why the log's head is missing, or None.
+HeadCheck = Callable[[bytes | None], str | None]
 
 
 class LogPump:
-    """Drains an iterable of output chunks into ``path`` on a thread of its own.
+    """Drains a container's output into ``path`` on a thread of its own.
 
-    ``last_output`` (a monotonic time) lets the run stage detect an idle task
-    without touching the stream.
+    ``source`` is an ``OutputStream`` (its ``frame_batches()`` are read) or
+    any iterable of batches of timestamped frames. ``last_output`` (a
+    monotonic time) lets the run stage detect an idle task without touching
+    the stream. ``head_check``, called once the first frame has arrived and
+    before anything is written, can declare the head of the log missing: its
+    answer is written first in the file, marked ``[farmhand]``, is one of the
+    summary's warnings, and the summary is not complete.
     """
 
-    def __init__(self, chunks: Iterable[bytes], path: Path, max_bytes: int, masker: StreamMasker) -> None:
-        self._chunks = chunks
+    def __init__(
+        self,
+        source: Iterable[Sequence[bytes]],
+        path: Path,
+        max_bytes: int,
+        masker: StreamMasker,
+        head_check: HeadCheck | None = None,
+    ) -> None:
+        frame_batches = getattr(source, "frame_batches", None)
+        self._batches: Iterable[Sequence[bytes]] = frame_batches() if callable(frame_batches) else source
         self.path = path
         self.max_bytes = max_bytes
-        self._masker = masker
+        self._masker = FrameMasker(masker)
+        self._head_check = head_check
+        self._warnings: list[str] = []
         self.last_output = time.monotonic()
         self._written = 0
         self._dropped = 0
@@ -77,18 +102,31 @@ class LogPump:
     def _run(self) -> None:
         try:
             with open(self.path, "ab", buffering=1 << 20) as fh:
-                for chunk in self._chunks:
-                    self.last_output = time.monotonic()
-                    if self._truncated:
-                        self._dropped += len(chunk)
-                        continue
-                    self._write(fh, self._masker.feed(chunk))
+                batches = iter(self._batches)
+                first = next(batches, None)
+                if self._head_check is not None:
+                    missing = self._head_check(bytes(first[0][: STAMP - 1]) if first else None)
+                    if missing:
+                        self._warnings.append(missing)
+                        self._write(fh, f"[farmhand] {missing}\n".encode())
+                if first is None:
+                    return
+                self._pump(fh, first)
+                for frames in batches:
+                    self._pump(fh, frames)
                 if not self._truncated:
                     self._write(fh, self._masker.flush())
         except BaseException as exc:  # noqa: BLE001 - reported through wait()
             self._error = exc
         finally:
             self._done.set()
+
+    def _pump(self, fh, frames: Sequence[bytes]) -> None:
+        self.last_output = time.monotonic()
+        if self._truncated:
+            self._dropped += sum(map(len, frames))
+            return
+        self._write(fh, self._masker.feed(frames))
 
     def wait(self, timeout: float | None = None) -> LogSummary:
         """Block until the stream ends (the container stopped) or ``timeout`` passes.
@@ -108,5 +146,6 @@ class LogPump:
             sha256=digest,
             truncated=self._truncated,
             dropped_bytes=self._dropped,
-            complete=finished and self._error is None,
+            complete=finished and self._error is None and not self._warnings,
+            warnings=list(self._warnings),
         )
