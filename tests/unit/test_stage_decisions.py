@@ -189,3 +189,12 @@ def test_nothing_to_upload_means_no_upload_stage() -> None:
     assert not delivery.has_anything(result)
     result.log = LogRecord(0, "e3" * 32, False, 0)
     assert delivery.has_anything(result)
+
+
+def test_why_a_log_is_incomplete_reaches_the_result() -> None:
+    run = outcome(0, complete=False)
+    run.log.warnings.append("Docker rotated the head of this task's log away while no worker read it")
+    result = Result(task_id="t")
+    record_run(result, TASK, run)
+    assert result.warnings[0] == "log: Docker rotated the head of this task's log away while no worker read it"
+    assert any("may be incomplete" in w for w in result.warnings)

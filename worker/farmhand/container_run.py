@@ -14,16 +14,17 @@ from typing import Any, Callable
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
-from docker.types import LogConfig, Ulimit
+from docker.types import LogConfig, Mount, Ulimit
 
 from farmhand.config import WorkerConfig
 from farmhand.docker_client import error_text, parse_time
-from farmhand.docker_logs import OutputStream
+from farmhand.docker_logs import OutputStream, rotated_head_check
 from farmhand.errors import StartFailed
 from farmhand.logpump import LogPump
 from farmhand.masking import StreamMasker
 from farmhand.resources import Resources
 from farmhand.run_outcome import RunOutcome
+from farmhand.sandbox import resolve_host_mount
 from farmhand.task import Task
 
 
@@ -80,11 +81,21 @@ def resource_options(res: Resources) -> dict[str, Any]:
 def container_options(
     config: WorkerConfig, task: Task, resources: Resources, network: str | None, volumes: dict[str, dict[str, str]]
 ) -> dict[str, Any]:
+    """The task container's settings. Host mounts are resolved here, on the host, just before the
+    container is made: a source through a symbolic link, or missing, is refused (``PolicyDenied``)."""
     opts = hardening(config)
     opts["cap_add"] = sorted(set(opts["cap_add"]) | set(task.cap_add))
     opts.update(resource_options(resources))
-    for mount in task.mounts:
-        volumes = {**volumes, mount.source: {"bind": mount.target, "mode": "ro" if mount.read_only else "rw"}}
+    # Mounts, not Binds: a path is given as it is, never parsed out of a "src:dst:mode" string.
+    host_mounts = [
+        Mount(
+            target=mount.target,
+            source=resolve_host_mount(mount.source, config.host_mounts, writable=not mount.read_only, field=f"task.mounts[{i}].source"),
+            type="bind",
+            read_only=mount.read_only,
+        )
+        for i, mount in enumerate(task.mounts)
+    ]
     opts.update(
         command=task.command,
         entrypoint=task.entrypoint,
@@ -92,6 +103,7 @@ def container_options(
         working_dir=task.workdir,
         user=task.user or "",
         volumes=volumes or None,
+        mounts=host_mounts or None,
         privileged=task.privileged,
         devices=[f"{d}:{d}:rwm" for d in task.devices] or None,
         log_config=task_log_config(config.log_max_bytes),
@@ -188,15 +200,24 @@ def adopt_container(
 
     The log is read again from the container's first line, so the log file is
     rewritten whole; the clocks count from the container's own start time.
+    Docker may have rotated the head of its log away meanwhile (json-file
+    max-size/max-file): the log then starts with a ``[farmhand]`` line that
+    says so, and its summary is not complete and carries that warning.
     """
     state = client.api.inspect_container(container.id)["State"]
     if state.get("Status") == "created":  # the earlier process died between create and start
         _start(container)
         state = client.api.inspect_container(container.id)["State"]
+    head_check = rotated_head_check(client.api, container.id, log_path)  # reads the earlier log before it goes
     log_path.unlink(missing_ok=True)
     started_wall = parse_time(state.get("StartedAt"))
     report(f"container {container.short_id} re-adopted ({state.get('Status')})")
-    return supervise(client, config, task, container, log_path, report, cancel, tick=tick, started_wall=started_wall)
+    outcome = supervise(
+        client, config, task, container, log_path, report, cancel, tick=tick, started_wall=started_wall, head_check=head_check
+    )
+    for warning in outcome.log.warnings:
+        report(f"log: {warning}")
+    return outcome
 
 
 def _start(container: Any) -> None:
@@ -218,8 +239,12 @@ def supervise(
     cancel: threading.Event | None = None,
     tick: float = 0.25,
     started_wall: float | None = None,
+    head_check: Callable[[bytes | None], str | None] | None = None,
 ) -> RunOutcome:
-    """Copy the output to the log, enforce the clocks, and read the verdict."""
+    """Copy the output to the log, enforce the clocks, and read the verdict.
+
+    ``head_check`` (see ``LogPump``) can declare the head of the log missing.
+    """
     masker = StreamMasker(task.secret_values)
     # A re-adopted container has been running for a while: its clocks started then.
     already = max(0.0, time.time() - started_wall) if started_wall else 0.0
@@ -230,6 +255,7 @@ def supervise(
         log_path,
         config.log_max_bytes,
         masker,
+        head_check=head_check,
     ).start()
     exited = threading.Event()
     sampler = _UsageSampler(client, container.id, exited).start()

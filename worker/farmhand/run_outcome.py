@@ -57,5 +57,6 @@ def record_run(result: Result, task: Task, outcome: RunOutcome, cancel_reason: s
         result.conclude("exception", "intermittent", f"exit code {code} is listed in retry_on_exit_codes")
     else:
         result.conclude("failed", "nonzero-exit", f"the command exited with code {code}")
+    result.warnings.extend(f"log: {w}" for w in outcome.log.warnings)
     if not outcome.log.complete:
         result.warnings.append("log: the output stream did not end cleanly; the log may be incomplete")

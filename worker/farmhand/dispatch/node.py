@@ -49,6 +49,8 @@ log = logging.getLogger("farmhand.node")
 RECEIVED, PREPARING, RUNNING, UPLOADING = "RECEIVED", "PREPARING", "RUNNING", "UPLOADING"
 STATE_OF_STAGE = {"prepare": PREPARING, "run": RUNNING, "upload": UPLOADING}
 REPORT_RETRY_INTERVAL = 15.0
+#: The cache scope of a task whose delivery names no queue: its own, shared with no queue's tasks.
+UNROUTED_SCOPE = "unrouted"
 
 
 class TaskFailed(Exception):
@@ -148,8 +150,12 @@ class Node:
                 return True
             return False
 
+    def engine_for(self, task_id: str, context: dict[str, Any]) -> Engine:
+        """An engine for one task; its caches are scoped by the queue it came from (a delivery that does not say: ``unrouted``)."""
+        return Engine(self.config, self.client, StageReporter(self, task_id, context), self.networks, cache_scope=context.get("queue") or UNROUTED_SCOPE)
+
     def execute(self, task_id: str, document: Any, context: dict[str, Any]) -> dict[str, Any]:
-        engine = Engine(self.config, self.client, StageReporter(self, task_id, context), self.networks)
+        engine = self.engine_for(task_id, context)
         with self._running(task_id, engine):
             if self.journal.is_revoked(task_id):  # cancelled between its journaling and now: it never starts
                 return self.conclude(task_id, never_ran(task_id), context)
@@ -204,7 +210,7 @@ class Node:
 
     def send_event(self, event_type: str, **fields: Any) -> None:
         """One dispatcher on a connection of its own, kept: a dispatcher made per event (Celery's
-        ``default_dispatcher``) cost a quarter of a trivial task's worker CPU at a dozen events a task."""
+        ``default_dispatcher``) was the largest share of a trivial task's worker CPU (bench/README.md)."""
         if not self._events:
             return
         with self._event_lock:
@@ -331,7 +337,7 @@ class Node:
                 self._report_safely(entry.task_id, entry.result, entry.context)
                 continue
             log.info("resuming task %s (it was in its %s stage when the worker stopped)", entry.task_id, entry.stage)
-            engine = Engine(self.config, self.client, StageReporter(self, entry.task_id, entry.context), self.networks)
+            engine = self.engine_for(entry.task_id, entry.context)
             with self._lock:
                 self._engines[entry.task_id] = engine
             self._hold(entry.task_id)
