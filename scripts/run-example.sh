@@ -9,6 +9,8 @@ FARMHAND=${FARMHAND:-.venv/bin/farmhand}
 CONFIG=examples/config.yml
 mkdir -p "$WORKING_DIR"
 
+# As the systemd unit does at every start: task networks may not reach this host (farmhand firewall).
+"$FARMHAND" --config "$CONFIG" firewall apply
 "$FARMHAND" --config "$CONFIG" check
 "$FARMHAND" --config "$CONFIG" worker >"$WORKING_DIR/worker.log" 2>&1 &
 worker=$!

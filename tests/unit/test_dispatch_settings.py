@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -130,3 +131,19 @@ def test_quorum_queues_are_declared_for_every_queue_and_only_on_rabbitmq(tmp_pat
     assert "secret" not in str(info.value)
     with pytest.raises(ConfigError, match="broker.queue_type"):
         config(tmp_path, BROKER_QUEUE_TYPE="mirrored")
+
+
+def test_firewall_lists_are_checked_at_load_naming_the_entry(tmp_path):
+    cfg = config(tmp_path, {"firewall": {"allow": ["10.0.0.5:3128/tcp", "host:5432"], "block": ["192.168.0.0/16"]}})
+    assert (cfg.firewall.enabled, cfg.firewall.allow, cfg.firewall.block) == (True, ("10.0.0.5:3128/tcp", "host:5432"), ("192.168.0.0/16",))
+    assert config(tmp_path).firewall.block == ("169.254.0.0/16", "168.63.129.16/32", "100.100.100.200/32")
+    for section, where in [({"allow": ["10.0.0.1/8"]}, "config.firewall.allow[0]"), ({"block": ["10.0.0.0/8", "host"]}, "config.firewall.block[1]")]:
+        with pytest.raises(ConfigError, match=rf"{re.escape(where)}: "):
+            config(tmp_path, {"firewall": section})
+
+
+@pytest.mark.parametrize("url", ["amqp//farm:PWsecret1@mq.example", "amqp:/farm:PWsecret1@mq.example//", "x://farm:PWsecret1@h"])
+def test_a_malformed_broker_url_is_refused_without_its_password(tmp_path, url):
+    with pytest.raises(ConfigError, match="config.broker.url") as info:
+        config(tmp_path, BROKER_URL=url, PASSWORD="PWsecret1")
+    assert "PWsecret1" not in str(info.value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -70,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
         "visibility_timeout": 3600,
         "queue_type": "classic",
     },
+    "firewall": {"enabled": True, "allow": [], "block": ["169.254.0.0/16", "168.63.129.16/32", "100.100.100.200/32"]},
     "worker": {"node_name": None, "concurrency": None, "queues": ["default"], "drain_grace": 600},
 }
 
@@ -176,6 +178,19 @@ class BrokerSettings:
             visibility_timeout=float(doc["visibility_timeout"]),
             queue_type=doc["queue_type"],
         )
+
+
+@dataclass(frozen=True)
+class FirewallSettings:
+    """What task networks may reach; see the ``firewall`` section of config-v1.json and ``farmhand.firewall``."""
+
+    enabled: bool
+    allow: tuple[str, ...]
+    block: tuple[str, ...]
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> "FirewallSettings":
+        return cls(enabled=bool(doc["enabled"]), allow=tuple(doc["allow"]), block=tuple(doc["block"]))
 
 
 @dataclass(frozen=True)
@@ -308,6 +323,7 @@ class WorkerConfig:
     pending_retry_interval: float
     broker: BrokerSettings
     node: NodeSettings
+    firewall: FirewallSettings
 
     @property
     def allowed_host_mounts(self) -> list[str]:
@@ -391,15 +407,43 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
     if not isinstance(file_doc, dict):
         raise ConfigError(f"{cfg_path}: the top level must be a mapping of settings")
 
+    passwords = [p for p in (environ.get("PASSWORD"), (file_doc.get("broker") or {}).get("password")) if isinstance(p, str) and p]
     errors = errors_for("config-v1.json", file_doc, "config")
     if errors:
-        raise ConfigError(f"{source}: invalid configuration:\n" + "\n".join(f"  - {e}" for e in errors))
+        raise ConfigError(f"{source}: invalid configuration:\n" + _listed(errors, passwords))
     doc = _merge(DEFAULTS, file_doc)
     env_errors = _apply_env(doc, environ)
-    errors = env_errors + errors_for("config-v1.json", doc, "config")
+    errors = env_errors + errors_for("config-v1.json", doc, "config") or _firewall_errors(doc["firewall"])
     if errors:
-        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {e}" for e in errors))
+        raise ConfigError("invalid configuration:\n" + _listed(errors, passwords))
     return _typed(doc, source)
+
+
+#: user:password@ in anything URL-like, malformed URLs included (amqp//u:PW@h).
+_URL_PASSWORD = re.compile(r"(//[^/@\s:'\"]*:)[^@\s'\"]*@")
+
+
+def _listed(errors: list[str], passwords: list[str]) -> str:
+    """The problems, one a line, with no password in them: a malformed broker URL is quoted in its error."""
+    text = "\n".join(f"  - {e}" for e in errors)
+    text = _URL_PASSWORD.sub(r"\1**@", text)
+    for password in passwords:
+        text = text.replace(password, "**")
+    return text
+
+
+def _firewall_errors(section: Mapping[str, Any]) -> list[str]:
+    """What the schema cannot say of the firewall's lists: each entry parses as the rules will read it."""
+    from farmhand.firewall import parse_block, parse_destination
+
+    errors: list[str] = []
+    for key, parse in (("allow", parse_destination), ("block", parse_block)):
+        for i, entry in enumerate(section[key]):
+            try:
+                parse(entry)
+            except ValueError as exc:
+                errors.append(f"config.firewall.{key}[{i}]: {exc}")
+    return errors
 
 
 def _typed(doc: dict[str, Any], source: str) -> WorkerConfig:
@@ -438,4 +482,5 @@ def _typed(doc: dict[str, Any], source: str) -> WorkerConfig:
         pending_retry_interval=float(doc["upload"]["pending_retry_interval"]),
         broker=BrokerSettings.from_doc(doc["broker"]),
         node=NodeSettings.from_doc(doc["worker"]),
+        firewall=FirewallSettings.from_doc(doc["firewall"]),
     )
