@@ -167,6 +167,19 @@ class RabbitMQ:
         """Messages of ``queue`` the broker still holds, ready or delivered and not acknowledged."""
         return self._queue_counts("messages").get(queue, 0)
 
+    def close_connections(self, peer_ports: set[int], reason: str) -> int:
+        """Close the client connections coming from ``peer_ports`` (as a network cut would); how many were."""
+        out = self._ctl("list_connections", "--quiet", "--no-table-headers", "pid", "peer_port")
+        assert out.returncode == 0, out.stdout + out.stderr
+        closed = 0
+        for line in out.stdout.splitlines():
+            fields = line.split()
+            if len(fields) == 2 and fields[1].isdigit() and int(fields[1]) in peer_ports:
+                done = self._ctl("close_connection", fields[0], reason)
+                assert done.returncode == 0, done.stdout + done.stderr
+                closed += 1
+        return closed
+
     def queue_type(self, queue: str) -> str | None:
         out = self._ctl("list_queues", "--quiet", "--no-table-headers", "name", "type")
         assert out.returncode == 0, out.stdout + out.stderr
@@ -276,6 +289,26 @@ class WorkerProcess:
         """The worker has reported the task's result (and so will not report it again)."""
         row = self._journal(task_id)
         return bool(row and row[1] is not None)
+
+
+def tcp_client_ports(pid: int, server_port: int) -> set[int]:
+    """The local ports of ``pid``'s TCP connections to 127.0.0.1:``server_port`` (from /proc), so a test can
+    drop the worker's connections alone, never its own."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+        if inode in inodes and state == "01" and int(remote.split(":")[1], 16) == server_port:  # 01: established
+            ports.add(int(local.split(":")[1], 16))
+    return ports
 
 
 def sleep_task(seconds: float, *, before: str = "", **extra: Any) -> dict[str, Any]:

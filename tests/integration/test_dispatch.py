@@ -21,7 +21,7 @@ import pytest
 import redis as redis_lib
 import yaml
 
-from dispatch_support import MostRunning, RabbitMQ, Redis, LocalPKI, WorkerProcess, counted_task, discard_left_tasks, runs_of, settled, sleep_task, wait_until
+from dispatch_support import MostRunning, RabbitMQ, Redis, LocalPKI, tcp_client_ports, WorkerProcess, counted_task, discard_left_tasks, runs_of, settled, sleep_task, wait_until
 from farmhand.client import Client
 from farmhand.config import load_config
 from farmhand.sandbox import ROLE_LABEL, TASK_LABEL
@@ -434,7 +434,9 @@ def test_the_broker_password_never_shows_in_logs_or_ps(tmp_path: Path, farm_fact
     server = Redis(tmp_path / "redis-auth", password=secret).start()
     try:
         farm = farm_factory({"BROKER_URL": server.url, "USERNAME": "default", "PASSWORD": secret})
-        worker = farm.worker()
+        # This test farm manages no firewall (tests/integration/test_network_isolation.py does), so that
+        # `farmhand check` below, run as root, has no rules to look for.
+        worker = farm.worker(config={"firewall": {"enabled": False}})
         assert farm.client().submit(hello()).result(timeout=60)["state"] == "succeeded"
         assert worker.proc is not None
         cmdline = Path(f"/proc/{worker.proc.pid}/cmdline").read_bytes().decode()
@@ -511,28 +513,38 @@ def test_a_task_cancelled_while_queued_never_runs_across_restarts(broker: str, r
     assert runs_of(client, busy_counter) == 1
 
 
-def test_a_dropped_connection_gives_each_task_one_result(rabbitmq: RabbitMQ, redis_server: Redis, farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
-    """The connection closes while one task runs and one waits: the full node holds the waiting one nowhere
-    (so nothing comes back to be run or reported twice), reconnects at once and runs it."""
-    queue = f"blip-{uuid.uuid4().hex[:8]}"
-    farm = farm_factory({"BROKER_URL": rabbitmq.url, "RESULT_BACKEND": redis_server.url})
+@pytest.mark.parametrize("broker", ["rabbitmq", "redis"])
+def test_a_dropped_connection_gives_each_task_one_result(broker: str, request: pytest.FixtureRequest, redis_server: Redis, farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
+    """The broker drops the worker's connections (rabbitmqctl close_all_connections, Redis CLIENT KILL) while
+    one task runs and one waits: the full node holds the waiting one nowhere (so nothing comes back to be run
+    or reported twice), reconnects at once, runs it, and the running one reports once."""
+    server = request.getfixturevalue("rabbitmq") if broker == "rabbitmq" else redis_server
+    queue = f"blip-{broker}-{uuid.uuid4().hex[:8]}"
+    farm = farm_factory({"BROKER_URL": server.url, "RESULT_BACKEND": redis_server.url})
     worker = farm.worker(concurrency=1, queues=queue)
     fh = farm.client()
-    counters = [f"blip-{i}-{uuid.uuid4().hex[:8]}" for i in range(2)]
+    counters = [f"{queue}-{i}" for i in range(2)]
     running = fh.submit(counted_task(counters[0], seconds=4), queue=queue)
     results = {running.task_id: ResultCounter(redis_server.url, running.task_id)}
     wait_until(lambda: running.state == "running", 60, "the first task to run")
     waiting = fh.submit(counted_task(counters[1]), queue=queue)
     results[waiting.task_id] = ResultCounter(redis_server.url, waiting.task_id)
-    wait_until(lambda: rabbitmq.messages(queue) == 1, 30, "the waiting task to reach its queue")
-    assert rabbitmq.unacknowledged(queue) == 0, "a full node holds no message it cannot start"
+    wait_until(lambda: server.messages(queue) == 1, 30, "the waiting task to reach its queue")
     offset = len(worker.log())
-    closed = rabbitmq._ctl("close_all_connections", "fault injection")
-    assert closed.returncode == 0, closed.stdout + closed.stderr
-    wait_until(lambda: BROKER_LOST in worker.log()[offset:] or "reconnect" in worker.log()[offset:].lower(), 30, "the worker to see its connection close")
+    assert worker.proc is not None
+    ports = tcp_client_ports(worker.proc.pid, server.port)  # the worker's connections, not this test's
+    assert ports, "the worker holds connections to its broker"
+    if broker == "rabbitmq":
+        assert server.unacknowledged(queue) == 0, "a full node holds no message it cannot start"
+        assert server.close_connections(ports, "fault injection") == len(ports)
+        wait_until(lambda: BROKER_LOST in worker.log()[offset:], 30, "the worker to see its connection close")
+    else:  # a killed Redis connection shows only when next used: the checks below use every one of them
+        with redis_lib.Redis.from_url(server.url) as r:
+            for port in ports:
+                r.client_kill(f"127.0.0.1:{port}")
     for handle in (running, waiting):
         assert handle.result(timeout=90)["state"] == "succeeded"
-    wait_until(lambda: rabbitmq.messages(queue) == 0, 60, "the redelivered copy to be taken and dropped")
+    wait_until(lambda: settled(fh.app, server, queue, [worker]), 60, "the broker and the worker to be done")
     after = fh.submit(hello(), queue=queue).result(timeout=60)  # the reconnected worker is healthy
     assert after["state"] == "succeeded"
     assert {task_id: counter.count() for task_id, counter in results.items()} == {running.task_id: 1, waiting.task_id: 1}
