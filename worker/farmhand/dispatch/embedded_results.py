@@ -1,7 +1,7 @@
 """The embedded result store: Celery's file-per-task backend under WORKING_DIR, written atomically, woken.
 
-Celery's SQLAlchemy result backend cost about 2.5 ms of ORM work per state
-(five per task) and serialised the workers' slots on one SQLite file, and a
+Celery's SQLAlchemy result backend cost ORM work on every state of every task
+(bench/README.md has the figures) and serialised the workers' slots on one SQLite file, and a
 waiting client had to poll it. Celery's own file-system backend stores each
 task's state as one small file instead: here each write goes to a temporary
 file, is fsynced and renamed into place (a reader never sees half a result,

@@ -23,7 +23,7 @@ DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "redis": 6379, "rediss": 6379}
 EMBEDDED_SCHEME = "farmhand"  # farmhand+sqlite:///PATH, the embedded broker
 
 EMBEDDED_RESULTS = "farmhand-files"  # farmhand-files+file:///DIR, its result store
-# By name, so SQLAlchemy (about 28 MiB) is loaded only by a worker that uses the embedded broker.
+# By name, so SQLAlchemy (the largest import of all; bench/README.md) is loaded only by a worker that uses the embedded broker.
 TRANSPORT_ALIASES.setdefault(EMBEDDED_SCHEME, "farmhand.dispatch.sqlite_transport:Transport")
 BACKEND_ALIASES.setdefault(EMBEDDED_RESULTS, "farmhand.dispatch.embedded_results:ResultStore")
 

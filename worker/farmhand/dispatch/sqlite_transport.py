@@ -1,8 +1,8 @@
 """The embedded broker: kombu's SQLAlchemy transport on a SQLite file under WORKING_DIR, woken, not polled fast.
 
-kombu's SQLAlchemy transport polls its table. Polled every 0.1 s, a trivial
-task waited about 50 ms for the worker to see it, and an idle worker spent
-2 % of a core polling. Here a publish wakes the consuming workers
+kombu's SQLAlchemy transport polls its table: polled fast, an idle worker
+burns CPU; polled slowly, every task waits for the poll (bench/README.md
+has the figures). Here a publish wakes the consuming workers
 (``wake``), so they react at once, and the poll, kept as a safety net, runs
 once a second. Its result store is ``embedded_results``.
 """

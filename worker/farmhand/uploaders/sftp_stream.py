@@ -1,8 +1,8 @@
 """Write one remote file fast, or read one back: SFTP v3 spoken directly on a channel of its own, many requests in flight.
 
 Why not ``SFTPClient.put``: it sends 32 KiB requests and does per-request
-bookkeeping in Python that costs more than the crypto, so it reaches about a
-third of OpenSSH's ``sftp``. Here each write request is as large as the
+bookkeeping in Python that costs more than the crypto, so it falls far
+behind OpenSSH's ``sftp`` (bench/README.md has the figures). Here each write request is as large as the
 server accepts (``limits@openssh.com``; 255 KiB on OpenSSH), up to
 ``requests_in_flight`` of them are outstanding, and replies are parsed in
 bulk. The channel speaks only the few messages an upload needs (open, write,
