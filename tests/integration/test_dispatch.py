@@ -11,8 +11,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -453,13 +455,9 @@ def test_the_broker_password_never_shows_in_logs_or_ps(tmp_path: Path, farm_fact
         server.stop()
 
 
-def test_stage_changes_are_sent_as_celery_events(rabbitmq: RabbitMQ, redis_server: Redis, farm_factory: Callable[[dict[str, str]], Farm]) -> None:
-    """What Flower and `celery events` see: Celery's own task events plus farmhand's task-stage events."""
-    import threading
-
-    farm = farm_factory({"BROKER_URL": rabbitmq.url, "RESULT_BACKEND": redis_server.url})
-    farm.worker()
-    fh = farm.client()
+@contextmanager
+def celery_events(fh: Client) -> Iterator[list[dict[str, Any]]]:
+    """Every Celery event, as Flower and `celery events` receive them, while the block runs."""
     seen: list[dict[str, Any]] = []
     with fh.app.connection_for_read() as conn:
         receiver = fh.app.events.Receiver(conn, handlers={"*": seen.append})
@@ -467,10 +465,21 @@ def test_stage_changes_are_sent_as_celery_events(rabbitmq: RabbitMQ, redis_serve
         listener.start()
         # Consuming, the receiver asks the workers for a heartbeat (wakeup=True): its first event shows it listens.
         wait_until(lambda: seen, 20, "the receiver's first event")
+        try:
+            yield seen
+        finally:
+            receiver.should_stop = True
+
+
+def test_stage_changes_are_sent_as_celery_events(rabbitmq: RabbitMQ, redis_server: Redis, farm_factory: Callable[[dict[str, str]], Farm]) -> None:
+    """What Flower and `celery events` see: Celery's own task events plus farmhand's task-stage events."""
+    farm = farm_factory({"BROKER_URL": rabbitmq.url, "RESULT_BACKEND": redis_server.url})
+    farm.worker()
+    fh = farm.client()
+    with celery_events(fh) as seen:
         handle = fh.submit(hello())
         assert handle.result(timeout=60)["state"] == "succeeded"
         wait_until(lambda: any(e["type"] == "task-succeeded" and e.get("uuid") == handle.task_id for e in seen), 20, "task-succeeded")
-        receiver.should_stop = True
     mine = [e for e in seen if e.get("uuid") == handle.task_id]
     stages = [(e["stage"], e["status"]) for e in mine if e["type"] == "task-stage"]
     assert ("prepare", "started") in stages and ("run", "finished") in stages and ("upload", "finished") in stages, stages
@@ -610,19 +619,12 @@ def test_a_restarted_node_never_runs_more_than_its_slots(redis_farm: Farm, clien
 
 def test_no_celery_surface_shows_a_secret(rabbitmq: RabbitMQ, redis_server: Redis, farm_factory: Callable[[dict[str, str]], Farm]) -> None:
     """Events (Flower, `celery events`), inspect (active, reserved, query_task) and the result store."""
-    import threading
-
     secret = f"s3cret-{uuid.uuid4().hex}"
     farm = farm_factory({"BROKER_URL": rabbitmq.url, "RESULT_BACKEND": redis_server.url})
     worker = farm.worker()
     fh = farm.client()
     task = sleep_task(3, env={"TOKEN": secret}, secret_env=["TOKEN"])
-    seen: list[dict[str, Any]] = []
-    with fh.app.connection_for_read() as conn:
-        receiver = fh.app.events.Receiver(conn, handlers={"*": seen.append})
-        listener = threading.Thread(target=lambda: receiver.capture(limit=None, timeout=30, wakeup=True), daemon=True)
-        listener.start()
-        wait_until(lambda: seen, 20, "the receiver's first event")
+    with celery_events(fh) as seen:
         handle = fh.submit(task)
         wait_until(lambda: handle.state == "running", 60, "the task to run")
         inspect = fh.app.control.inspect(destination=[worker.node_name], timeout=5)
@@ -630,7 +632,6 @@ def test_no_celery_surface_shows_a_secret(rabbitmq: RabbitMQ, redis_server: Redi
         assert handle.task_id in json.dumps(shown[0]), "inspect active lists the task"
         assert handle.result(timeout=60)["state"] == "succeeded"
         wait_until(lambda: any(e["type"] == "task-succeeded" and e.get("uuid") == handle.task_id for e in seen), 20, "task-succeeded")
-        receiver.should_stop = True
     mine = [e for e in seen if e.get("uuid") == handle.task_id]
     assert {"task-sent", "task-received"} <= {e["type"] for e in mine}
     assert "***" in json.dumps([e for e in mine if e["type"] == "task-received"]), "the task is shown, masked"

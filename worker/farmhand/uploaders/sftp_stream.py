@@ -20,7 +20,7 @@ upload continues from its size.
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO, Callable, Protocol
+from typing import Any, BinaryIO, Callable, Protocol
 
 import paramiko
 
@@ -118,6 +118,26 @@ class SftpStream:
         (n,) = struct.unpack_from(">I", body, 4)
         return _string(body[8 : 8 + n])
 
+    def _on_handle(self, path: str, flags: int, work: Callable[[bytes], tuple[Any, "StatusError | None"]]) -> Any:
+        """Open ``path``, run ``work`` on its handle, close it; the first refusal (``work``'s, then close's) is raised.
+
+        ``work`` returns its value and the first status the server refused, if any, once every reply in
+        flight is drained; if it raises, replies may still be in flight, so the session is closed: it can
+        no longer be trusted to pair them up.
+        """
+        handle = self._open(path, flags)
+        try:
+            value, failure = work(handle)
+        except BaseException:
+            self.close()
+            raise
+        self._send(FXP_CLOSE, handle)
+        close_kind, close_body = self._read()
+        if failure is not None:
+            raise failure
+        self._raise_for_status(f"close {path}", close_kind, close_body)
+        return value
+
     def _send(self, kind: int, payload: bytes) -> int:
         rid = self._next_id
         self._next_id = (rid + 1) & 0xFFFFFFFF
@@ -197,18 +217,8 @@ class SftpStream:
         each write the server confirmed. Raises ``StatusError`` for the first
         write the server refused, after the replies in flight are drained.
         """
-        handle = self._open(path, FXF_WRITE | FXF_CREAT | (FXF_TRUNC if truncate else 0))
-        try:
-            failure = self._pipeline(handle, src, offset, length, hasher, on_acked)
-        except BaseException:
-            # Replies may still be in flight: this session can no longer be trusted to pair them up.
-            self.close()
-            raise
-        self._send(FXP_CLOSE, handle)
-        close_kind, close_body = self._read()
-        if failure is not None:
-            raise failure
-        self._raise_for_status(f"close {path}", close_kind, close_body)
+        flags = FXF_WRITE | FXF_CREAT | (FXF_TRUNC if truncate else 0)
+        self._on_handle(path, flags, lambda handle: (None, self._pipeline(handle, src, offset, length, hasher, on_acked)))
 
     def _pipeline(self, handle: bytes, src: BinaryIO, offset: int, length: int, hasher: Hasher, on_acked: Callable[[int], None]) -> StatusError | None:
         sizes: dict[int, int] = {}
@@ -257,17 +267,7 @@ class SftpStream:
         shorter or ``consume`` stopped. Raises ``StatusError`` when the server
         refuses to open or read the file.
         """
-        handle = self._open(path, FXF_READ)
-        try:
-            done, failure = self._read_pipeline(handle, length, consume)
-        except BaseException:
-            self.close()  # replies may still be in flight
-            raise
-        self._send(FXP_CLOSE, handle)
-        close_kind, close_body = self._read()
-        if failure is not None:
-            raise failure
-        self._raise_for_status(f"close {path}", close_kind, close_body)
+        done: int = self._on_handle(path, FXF_READ, lambda handle: self._read_pipeline(handle, length, consume))
         return done
 
     def _read_pipeline(self, handle: bytes, length: int, consume: Callable[[bytes], bool]) -> tuple[int, StatusError | None]:
