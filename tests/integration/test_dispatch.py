@@ -446,7 +446,7 @@ def test_the_broker_password_never_shows_in_logs_or_ps(tmp_path: Path, farm_fact
             [sys.executable, "-m", "farmhand", "--config", str(worker.config_path), "check"], env=worker.env, capture_output=True, text=True, timeout=60
         )
         assert check.returncode == 0, check.stdout + check.stderr
-        assert "broker: redis://default:**@127.0.0.1" in check.stdout
+        assert "broker: redis://default:**@127.0.0.1" in check.stdout and "answers; no TLS; Redis lists" in check.stdout
         farm.stop()
         for text in (worker.log(), cmdline, check.stdout, check.stderr):
             assert secret not in text
@@ -648,8 +648,10 @@ def test_rabbitmq_over_tls_with_a_client_certificate(rabbitmq_tls: RabbitMQ, red
     pki = rabbitmq_tls.tls
     assert pki is not None
     farm = farm_factory(tls_env(rabbitmq_tls, redis_server, pki.ca, pki.client_cert, pki.client_key))
-    farm.worker()
+    worker = farm.worker()
     assert farm.client().submit(hello()).result(timeout=60)["state"] == "succeeded"
+    check = subprocess.run([sys.executable, "-m", "farmhand", "--config", str(worker.config_path), "check"], env=worker.env, capture_output=True, text=True, timeout=60)
+    assert f"answers; TLS (CA {pki.ca}, client certificate {pki.client_cert}); classic queues" in check.stdout, check.stdout
 
 
 @pytest.mark.parametrize("wrong", ["client certificate", "CA"])

@@ -95,22 +95,22 @@ def _cgroups() -> Check:
 
 
 def _broker(config: WorkerConfig) -> Check:
-    from kombu import Connection
-
     try:
         url = settings.broker_url(config)
+        settings.celery_settings(config)  # every setting's own refusal, named
     except ConfigError as exc:
         return ("broker", False, str(exc))
-    opts = settings.celery_settings(config)
     if settings.is_embedded(config):
         # Creating the SQLite file is the connection: check the place it lives.
         return ("broker", True, f"embedded SQLite broker at {config.working_dir / 'broker.sqlite'}")
     try:
-        with Connection(url, ssl=opts.get("broker_use_ssl") or False, connect_timeout=5) as conn:
-            conn.ensure_connection(max_retries=1, timeout=5)
+        settings.probe_broker(config)
     except Exception as exc:  # noqa: BLE001
         return ("broker", False, f"{settings.shown(url)}: {type(exc).__name__}: {settings.shown(str(exc))}")
-    return ("broker", True, f"{settings.shown(url)} answers")
+    b = config.broker
+    tls = "no TLS" if b.tls_ca is None else f"TLS (CA {b.tls_ca}" + (f", client certificate {b.tls_cert})" if b.tls_cert else ")")
+    queues = f"{b.queue_type} queues" if settings.transport_kind(url) == "amqp" else "Redis lists"
+    return ("broker", True, f"{settings.shown(url)} answers; {tls}; {queues}")
 
 
 def _sftp(config: WorkerConfig) -> Check:
