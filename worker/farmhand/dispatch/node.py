@@ -112,6 +112,8 @@ class Node:
         self._held: set[str] = set()  # the task ids holding a slot: admitted, resumed, running
         self._consumer: Any = None
         self._consuming: bool | None = None  # what was last asked of the consumer; None: not known
+        # Redis brokers fetch only for an idle pool thread by themselves (worker_disable_prefetch).
+        self._sets_prefetch = settings.transport_kind(settings.broker_url(config)) != "redis"
         self._events = bool(settings.celery_settings(config)["worker_send_task_events"])
         self._event_lock = threading.Lock()
         self._dispatcher: Any = None
@@ -286,7 +288,7 @@ class Node:
             free = self.slots - len(self._held)
             want = free > 0 and not self.draining.is_set()
             changed, self._consuming = want != self._consuming, want
-        if self._adjusts_prefetch() and consumer.qos is not None:
+        if self._sets_prefetch and consumer.qos is not None:
             delta = max(1, free) - consumer.qos.value
             if delta > 0:
                 consumer.qos.increment_eventually(delta)
@@ -298,10 +300,6 @@ class Node:
                     consumer.add_task_queue(queue)
                 else:
                     consumer.cancel_task_queue(queue)
-
-    def _adjusts_prefetch(self) -> bool:
-        # Redis brokers fetch only for an idle pool thread by themselves (worker_disable_prefetch).
-        return settings.transport_kind(settings.broker_url(self.config)) != "redis"
 
     def running(self) -> list[str]:
         with self._lock:
