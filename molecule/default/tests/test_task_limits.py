@@ -18,8 +18,11 @@ import pytest
 VENV = "/opt/farmhand/venv"
 IMAGE = "farmhand-molecule/limits-probe:latest"
 WORK = "/var/tmp/farmhand-limits-test"
-# What the scenario converges with (the docker role's defaults).
+# What the scenario converges with: docker_limit_nofile's default, and a
+# docker_limit_stack (16M) that is not the manager's default (infinity), so
+# only containerd's override can give a task this stack.
 NOFILE = 1048576
+STACK = 16 * 2**20
 
 
 def hard_nofile(host, pid):
@@ -82,7 +85,7 @@ def test_both_units_carry_the_limits_override(host, unit):
     assert dropin in host.check_output(f"systemctl show -p DropInPaths --value {unit}")
     # Debian's containerd.service says LimitNOFILE=infinity: the override must win.
     assert host.check_output(f"systemctl show -p LimitNOFILE --value {unit}") == str(NOFILE)
-    assert host.check_output(f"systemctl show -p LimitSTACK --value {unit}") == "infinity"
+    assert host.check_output(f"systemctl show -p LimitSTACK --value {unit}") == str(STACK)
 
 
 def test_containerd_runs_with_the_limits(host):
@@ -91,9 +94,9 @@ def test_containerd_runs_with_the_limits(host):
     # The container cannot go above the hard limit its own PID 1 was given.
     ceiling = min(NOFILE, hard_nofile(host, 1))
     assert limits_of(host, pid, "Max open files") == (str(ceiling), str(ceiling))
-    assert limits_of(host, pid, "Max stack size") == ("unlimited", "unlimited")
+    assert limits_of(host, pid, "Max stack size") == (str(STACK), str(STACK))
 
 
 def test_a_task_container_gets_the_limits(host, task_limits):
     ceiling = min(NOFILE, hard_nofile(host, 1))
-    assert task_limits == {"nofile": str(ceiling), "stack": "unlimited"}
+    assert task_limits == {"nofile": str(ceiling), "stack": str(STACK // 1024)}  # ulimit -s counts KiB
