@@ -354,3 +354,41 @@ def test_a_disk_that_stays_short_costs_the_tasks_one_pass_a_minute_not_one_each(
     guard = DiskGuard(collector)  # type: ignore[arg-type]
     assert guard.before_task(lambda: False) and guard.before_task(lambda: False) and guard.before_task(lambda: False)
     assert collector.passes == 1 and guard.accepting
+
+
+def test_the_worker_runs_a_pass_every_interval() -> None:
+    collector = FakeCollector(free=900 * MiB)  # nothing short: only the periodic passes run
+    none = {"free_space": 0, "free_percent": 0, "free_inodes": 0, "free_inodes_percent": 0}
+    collector.config.gc = GcSettings.from_doc({**DEFAULTS["gc"], "interval": 0.01, "min_free": 0, "docker": {**none, "data_root": None}, "working_dir": none})
+    ran = threading.Event()
+    real_run = collector.run
+
+    def run(dry_run: bool = False) -> PassReport:
+        report = real_run(dry_run)
+        if collector.passes >= 3:
+            ran.set()
+        return report
+
+    collector.run = run  # type: ignore[method-assign]
+    guard = DiskGuard(collector).start()  # type: ignore[arg-type]
+    try:
+        assert ran.wait(10)
+    finally:
+        guard.stop()
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [({"min_free": "lots"}, "config.gc.min_free"), ({"docker": {"free_percent": 150}}, "config.gc.docker.free_percent"),
+     ({"keep_images": "busybox"}, "config.gc.keep_images"), ({"retention": -1}, "config.gc.retention"), ({"sweep": True}, "config.gc")],
+)
+def test_a_bad_gc_setting_is_refused_naming_it(tmp_path: Path, section: dict[str, Any], field: str) -> None:
+    import yaml
+
+    from farmhand.config import load_config
+    from farmhand.errors import ConfigError
+
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump({"gc": section}))
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(path, environ={})
