@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from farmhand.resources import HostCapacity
 from support import BUSYBOX, Recorder, busybox_task, read_decompressed, read_log
 
 
@@ -161,6 +163,15 @@ def test_limits_reach_the_container(run_task):
     assert lines[0] == "2048"
     assert lines[1] == "16"  # ulimit -s reports KiB: 16384 bytes
     assert " 16384 " in lines[2]
+
+
+def test_a_task_that_names_no_memory_is_held_to_the_default_share(run_task):
+    # The shipped default: half of the host's memory, so no task can take all of it.
+    result = run_task(busybox_task("cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes"))
+    assert result.state == "succeeded", result.message
+    limit = int(read_log(result.log.location).decode().splitlines()[0].split(" ", 1)[1])
+    page = os.sysconf("SC_PAGE_SIZE")
+    assert HostCapacity.measure().memory // 2 - page < limit <= HostCapacity.measure().memory // 2
 
 
 def test_log_is_capped_and_truncation_marked(run_task, make_config):

@@ -147,3 +147,37 @@ def test_empty_log_compresses(tmp_path: Path) -> None:
     packed = compress_file(log, "zstd")
     with open_decompressed(packed.path) as fh:
         assert fh.read() == b""
+
+
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths fsynced, in order: a power cut keeps a renamed name only once its directory is synced."""
+    paths: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return paths
+
+
+def test_a_pending_entry_is_on_disk_before_the_workspace_copies_may_go(setup: tuple[WorkerConfig, Path, Path], tmp_path: Path, synced: list[str]) -> None:
+    cfg, _, _ = setup
+    entry = pending.hand_off(cfg, "t9", cfg.upload_default, _items(tmp_path / "ws"), error="x")
+    files = entry.path / "files"
+    for path in (files / "task.log.zst", files / "tree" / "sub" / "f.txt", files / "tree" / "sub", files / "tree", files, cfg.pending_dir):
+        # Synced under the staging name and then renamed: compare the names below the entry.
+        assert any(p.endswith(str(path.relative_to(entry.path))) if path != cfg.pending_dir else p == str(path) for p in synced), path
+    assert synced[-1] == str(cfg.pending_dir), "the rename into pending/ is synced last"
+
+
+def test_a_result_document_and_a_compressed_log_are_renamed_durably(tmp_path: Path, synced: list[str]) -> None:
+    from farmhand.result import write_json_atomic
+
+    write_json_atomic(tmp_path / "d" / "result.json", {"state": "succeeded"})
+    assert synced[-1] == str(tmp_path / "d")
+    (tmp_path / "task.log").write_bytes(b"line\n" * 100)
+    compress_file(tmp_path / "task.log", "zstd")
+    assert synced[-1] == str(tmp_path)

@@ -11,7 +11,7 @@ import yaml
 from farmhand import config as config_module
 from farmhand import policy
 from farmhand.config import WorkerConfig, load_config
-from farmhand.resources import Resources
+from farmhand.resources import HostCapacity, Resources
 from farmhand.errors import ConfigError, PolicyDenied
 from farmhand.task import Task, parse_task
 
@@ -142,6 +142,9 @@ def test_empty_config_file_means_defaults(tmp_path: Path) -> None:
         ({"limits": {"max_run_time": 0}}, "config.limits.max_run_time"),
         ({"limits": {"max_run_time": "1h"}}, "config.limits.max_run_time"),
         ({"limits": {"ceilings": {"memory": "12x"}}}, "config.limits.ceilings.memory"),
+        ({"limits": {"ceilings": {"memory": "101%"}}}, "config.limits.ceilings.memory"),
+        ({"limits": {"defaults": {"memory": "0%"}}}, "config.limits.defaults.memory"),
+        ({"limits": {"ceilings": {"cpus": "150%"}}}, "config.limits.ceilings.cpus"),
         ({"working_dir": "relative/dir"}, "config.working_dir"),
         ({"images": {"allowed": "farmhand-test/*"}}, "config.images.allowed"),
         ({"allow": {"privileged": "yes"}}, "config.allow.privileged"),
@@ -326,9 +329,44 @@ def test_default_config_denies_privileges(make_config: Callable[..., WorkerConfi
     assert fields == ["task.cap_add", "task.devices", "task.mounts[0].source", "task.privileged"]
 
 
-def test_unset_ceilings_do_not_limit(make_config: Callable[..., WorkerConfig]) -> None:
-    cfg = make_config()  # default ceilings: no cpus/memory ceiling
-    assert policy.violations(cfg, task(resources={"memory": "512g", "cpus": 1024})) == []
+def test_the_default_ceilings_are_shares_of_this_host(make_config: Callable[..., WorkerConfig]) -> None:
+    # Without a ceiling one task could ask for all of the host's memory and more CPUs than it has.
+    host = HostCapacity.measure()
+    cfg = make_config()
+    assert cfg.ceilings.cpus == host.cpus and cfg.ceilings.memory == int(0.9 * host.memory)
+    fields = sorted(v.split(":")[0] for v in policy.violations(cfg, task(resources={"memory": host.memory, "cpus": host.cpus + 1})))
+    assert fields == ["task.resources.cpus", "task.resources.memory"]
+    assert policy.violations(cfg, task(resources={"memory": "64m", "cpus": host.cpus})) == []
+
+
+def test_a_task_that_names_no_memory_gets_half_of_the_host(make_config: Callable[..., WorkerConfig]) -> None:
+    assert make_config().default_resources.memory == HostCapacity.measure().memory // 2
+
+
+def test_an_operator_may_lift_the_shares(make_config: Callable[..., WorkerConfig]) -> None:
+    cfg = make_config({"limits": {"ceilings": {"cpus": 1024, "memory": "100%"}, "defaults": {"memory": "2g"}}})
+    assert cfg.ceilings.cpus == 1024 and cfg.ceilings.memory == HostCapacity.measure().memory
+    assert cfg.default_resources.memory == 2 << 30
+
+
+@pytest.mark.parametrize(
+    ("doc", "cpus", "memory"),
+    [({"cpus": "50%", "memory": "25%"}, 4.0, 1 << 30), ({"cpus": "12.5%"}, 1.0, None), ({"cpus": "1%"}, 0.08, None)],
+)
+def test_shares_resolve_against_the_host(doc: dict[str, Any], cpus: float, memory: int | None) -> None:
+    got = Resources.from_doc(doc, HostCapacity(cpus=8, memory=4 << 30))
+    assert (got.cpus, got.memory) == (cpus, memory)
+
+
+def test_the_smallest_share_of_a_small_host_is_still_a_limit() -> None:
+    # 1% of one CPU is Docker's smallest limit; rounding it to 0 would mean "no limit".
+    assert Resources.from_doc({"cpus": "1%"}, HostCapacity(cpus=1, memory=1 << 30)).cpus == 0.01
+    assert Resources.from_doc({"cpus": "1.5%"}, HostCapacity(cpus=1, memory=1 << 30)).cpus == 0.01
+
+
+def test_a_share_without_a_host_is_an_error() -> None:
+    with pytest.raises(ValueError, match="memory"):
+        Resources.from_doc({"memory": "50%"})
 
 
 def test_default_values_are_not_judged_against_ceilings(make_config: Callable[..., WorkerConfig]) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-import zstandard
+from farmhand import durable
 
 BLOCK = 1 << 20
 
@@ -45,6 +45,8 @@ class _HashingWriter:
 
 
 def _zstd(src: BinaryIO, out: _HashingWriter) -> None:
+    import zstandard  # loaded by the first task that compresses with it
+
     with zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False) as writer:  # type: ignore[arg-type]
         for block in iter(lambda: src.read(BLOCK), b""):
             writer.write(block)
@@ -80,7 +82,7 @@ def compress_file(src: Path, method: str) -> Compressed:
             _METHODS[method](fin, out)
             raw.flush()
             os.fsync(raw.fileno())
-        os.replace(tmp, dest)
+        durable.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -14,12 +14,13 @@ import os
 import socket
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import paramiko
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-
+from farmhand import durable
 from farmhand.errors import ConfigError
+
+if TYPE_CHECKING:  # paramiko and cryptography are loaded by the functions that use them (bench/README.md: idle RSS)
+    import paramiko
 
 #: Key types farmhand accepts and generates (DSA is obsolete and refused).
 KEY_TYPES = ("ed25519", "rsa", "ecdsa")
@@ -32,6 +33,8 @@ def _setting(field: str) -> str:
 
 def load_private_key(path: str | os.PathLike[str], field: str = "private_key") -> paramiko.PKey:
     """The private key at ``path``, refused with a clear ``ConfigError`` if unsafe or unusable."""
+    import paramiko
+
     where = Path(path)
     name = _setting(field)
     try:
@@ -84,6 +87,10 @@ def generate(path: str | os.PathLike[str], key_type: str = "ed25519", *, force: 
     An existing key is never overwritten unless ``force``: replacing it would
     lock the worker out of every warehouse that trusts it.
     """
+    import paramiko
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
     if key_type not in KEY_TYPES:
         raise ValueError(f"--type: {key_type!r} is not one of {', '.join(KEY_TYPES)}")
     where = Path(path)
@@ -105,7 +112,7 @@ def generate(path: str | os.PathLike[str], key_type: str = "ed25519", *, force: 
         fh.write(pem)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, where)
+    durable.replace(tmp, where)
     key = paramiko.PKey.from_path(where)
     pub = where.with_name(where.name + ".pub")
     pub.write_text(public_line(key, comment or f"farmhand@{socket.gethostname()}") + "\n")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from farmhand import durable, metrics
 from farmhand.backoff import backoff_delay
 from farmhand.config import WorkerConfig
 from farmhand.errors import TaskProblem
@@ -101,6 +102,8 @@ def hand_off(
                 shutil.copyfile(item.local_path, dest)
             if dest.stat().st_size != item.size:
                 raise OSError(f"pending copy of {item.remote_name} has {dest.stat().st_size} bytes, not {item.size}")
+            # The workspace's copy may be deleted once the entry exists: this one's bytes must be on disk first.
+            durable.fsync_path(dest)
         now = time.time()
         job = {
             "task_id": task_id,
@@ -115,10 +118,13 @@ def hand_off(
             "next_try_at": now + config.pending_retry_interval,
         }
         write_json_atomic(staging / JOB, job)
+        for directory in sorted({staging, *(p for p in staging.rglob("*") if p.is_dir())}, key=lambda p: -len(p.parts)):
+            durable.fsync_dir(directory)  # deepest first: each file's name, then each directory's
         dest_dir = root / task_id
         if dest_dir.exists():  # an older entry of the same id (its workspace was removed and the id reused)
             dest_dir = root / f"{task_id}.{uuid.uuid4().hex[:8]}"
         os.rename(staging, dest_dir)
+        durable.fsync_dir(root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -171,7 +177,9 @@ def deliver(config: WorkerConfig, entry: Entry, report: Callable[..., None] = la
             raise Busy(f"{entry.path.name} was delivered or discarded meanwhile") from None
         try:
             uploader = uploader_for(entry.target, config)
+            began = time.monotonic()
             locations = uploader.upload(entry.task_id, entry.items(), report)
+            metrics.uploaded(entry.size, time.monotonic() - began)
         except Exception as exc:
             message = exc.message if isinstance(exc, TaskProblem) else f"{type(exc).__name__}: {exc}"
             now = time.time()

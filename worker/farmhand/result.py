@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from farmhand import __version__
+from farmhand import __version__, durable
 
 RESULT_SCHEMA = "farmhand-result-v1"
 STATES = ("succeeded", "failed", "exception")
@@ -224,7 +224,7 @@ def write_json_atomic(path: Path, document: Any) -> None:
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        durable.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

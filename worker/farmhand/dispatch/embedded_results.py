@@ -22,6 +22,7 @@ from celery.backends.filesystem import FilesystemBackend
 from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu.utils.encoding import ensure_bytes
 
+from farmhand import durable
 from farmhand.dispatch import wake
 
 
@@ -39,6 +40,7 @@ class ResultStore(FilesystemBackend):
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
+        durable.fsync_dir(Path(os.fsdecode(path)).parent)
 
     def _set_with_state(self, key: bytes | str, value: Any, state: str) -> Any:
         stored = super()._set_with_state(key, value, state)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 from farmhand.digest import sha256_file
+from farmhand.durable import fsync_dir, fsync_path, make_dirs, replace
 from farmhand.errors import UploadFailed
 from farmhand.uploaders import UploadItem, check_name
 
@@ -47,11 +47,11 @@ class FileUploader:
         return locations
 
     def _put(self, item: UploadItem, dest: Path) -> str:
-        _make_dirs(dest.parent)
+        make_dirs(dest.parent)
         if dest.is_file() and dest.stat().st_size == item.size and sha256_file(dest) == item.sha256:
             # A predecessor may have renamed it into place and died before the syncs below.
-            _fsync_path(dest)
-            _fsync_dir(dest.parent)
+            fsync_path(dest)
+            fsync_dir(dest.parent)
             return dest.as_uri()
         tmp = dest.with_name(f".{dest.name}.part")
         with open(item.local_path, "rb") as src, open(tmp, "wb") as out:
@@ -61,42 +61,6 @@ class FileUploader:
         if tmp.stat().st_size != item.size or sha256_file(tmp) != item.sha256:
             tmp.unlink(missing_ok=True)
             raise UploadFailed(f"copy of {item.remote_name} to {dest} does not match its sha256; source changed or disk is failing")
-        os.replace(tmp, dest)
         # The new name is only on disk once its directory is: the caller deletes its local copy after this.
-        _fsync_dir(dest.parent)
+        replace(tmp, dest)
         return dest.as_uri()
-
-
-def _make_dirs(path: Path) -> None:
-    """``mkdir -p`` whose new entries are on disk: each created directory lives in its parent's entries."""
-    missing: list[Path] = []
-    probe = path
-    while not probe.is_dir() and probe != probe.parent:
-        missing.append(probe)
-        probe = probe.parent
-    if not missing:
-        return
-    path.mkdir(parents=True, exist_ok=True)
-    for created in reversed(missing):  # top down: the existing ancestor first, then each new level
-        _fsync_dir(created.parent)
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        # Some filesystems cannot sync a directory (EINVAL) and keep their
-        # entries by other means; any other error is a real failure.
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
