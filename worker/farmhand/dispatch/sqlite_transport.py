@@ -5,46 +5,76 @@ burns CPU; polled slowly, every task waits for the poll (bench/README.md
 has the figures). Here a publish wakes the consuming workers
 (``wake``), so they react at once, and the poll, kept as a safety net, runs
 once a second. Its result store is ``embedded_results``.
+
+The tables are kombu's SQLAlchemy transport's (``kombu_queue``,
+``kombu_message``, the same columns, indexes and row states), written with
+the standard library's sqlite3: SQLAlchemy cost an idle worker a fifth of
+its memory (bench/README.md) for four statements.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
+import threading
 from contextlib import closing
-from json import loads
+from datetime import datetime
+from json import dumps, loads
 from pathlib import Path
 from time import monotonic
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-from kombu.transport.sqlalchemy import Channel as SQLChannel
-from kombu.transport.sqlalchemy import Transport as SQLTransport
+from kombu.transport import virtual
 from kombu.transport.virtual.base import Empty
 from kombu.utils.encoding import bytes_to_str
-from sqlalchemy import event, text
-from sqlalchemy.engine import Engine, make_url
 
 from farmhand.dispatch import wake
 
 MESSAGES = "kombu_message"  # kombu's default table name, which farmhand never changes
+QUEUES = "kombu_queue"
+
+#: kombu's SQLAlchemy models as SQLAlchemy creates them on SQLite: a broker file made by either reads the same.
+SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {QUEUES} (\n\tid INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, \n\tname VARCHAR(200), \n\tUNIQUE (name)\n)",
+    f"CREATE TABLE IF NOT EXISTS {MESSAGES} (\n\tid INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, \n\tvisible BOOLEAN, \n\ttimestamp DATETIME, "
+    f"\n\tpayload TEXT NOT NULL, \n\tversion SMALLINT NOT NULL, \n\tqueue_id INTEGER, \n\tCONSTRAINT \"FK_kombu_message_queue\" "
+    f"FOREIGN KEY(queue_id) REFERENCES {QUEUES} (id)\n)",
+    f"CREATE INDEX IF NOT EXISTS ix_kombu_message_visible ON {MESSAGES} (visible)",
+    f"CREATE INDEX IF NOT EXISTS ix_kombu_message_timestamp_id ON {MESSAGES} (timestamp, id)",
+    f"CREATE INDEX IF NOT EXISTS ix_kombu_message_timestamp ON {MESSAGES} (timestamp)",
+)
 
 
-@event.listens_for(Engine, "connect")
-def _write_ahead_log(dbapi_connection: Any, _record: Any) -> None:
+def _write_ahead_log(db: sqlite3.Connection) -> None:
     """WAL for the broker file: readers no longer block the writer, and a commit is one append and
     fsync instead of a journal file created and deleted (commits were the largest part of a worker's
     busy time at CONCURRENCY=4). The mode is kept in the file, so this is a no-op after the first
     connection; a file still locked by another process keeps its mode for now."""
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        try:
-            dbapi_connection.execute("PRAGMA journal_mode=WAL").fetchall()
-        except sqlite3.OperationalError:
-            pass
+    try:
+        db.execute("PRAGMA journal_mode=WAL").fetchall()
+    except sqlite3.OperationalError:
+        pass
+
+
+def _private(path: str) -> str:
+    """The broker file holds whole task documents, secret_env values included: it is created readable by
+    the worker's user alone (SQLite gives its -wal and -shm files the same mode)."""
+    if path and path != ":memory:" and not path.startswith("file:"):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    return path
 
 
 def _database(url: str) -> str:
-    """The SQLite file of ``[farmhand+]sqlite:///PATH``."""
-    return make_url(url.split("+", 1)[-1]).database or ""
+    """The SQLite file of ``[farmhand+]sqlite:///PATH`` (``sqlite:////abs/path``: absolute)."""
+    path = urlsplit(url.split("+", 1)[-1]).path
+    return unquote(path[1:] if path.startswith("/") else path)
+
+
+def _now() -> str:
+    """A DATETIME as SQLAlchemy writes one to SQLite (kombu stamps a message when it hands it over)."""
+    return datetime.now().isoformat(" ", "microseconds")
 
 
 def wake_directory(url: str) -> Path:
@@ -65,7 +95,7 @@ def restore_unacknowledged(url: str) -> int:
     which the journal refuses to run again. Returns how many came back.
     """
     try:
-        with closing(sqlite3.connect(_database(url), timeout=30)) as db, db:
+        with closing(sqlite3.connect(_private(_database(url)), timeout=30)) as db, db:
             return db.execute(f"UPDATE {MESSAGES} SET visible = 1 WHERE visible = 0").rowcount
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc):  # nothing was ever published
@@ -73,7 +103,7 @@ def restore_unacknowledged(url: str) -> int:
         raise
 
 
-class Channel(SQLChannel):
+class Channel(virtual.Channel):
     """Wakes consumers on publish; deletes a message once acknowledged, and shows it again if given back."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -81,30 +111,77 @@ class Channel(SQLChannel):
         self._rows: dict[str, int] = {}  # delivery tag -> message row, for messages handed over and not yet settled
         url = self.connection.client.hostname
         self._database, self._wake_dir = _database(url), wake_directory(url)  # once, not per publish and ack
+        self._db: sqlite3.Connection | None = None  # the channel's own connection, opened on first use
+        self._lock = threading.Lock()
+        self._queue_ids: dict[str, int] = {}
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            db = sqlite3.connect(_private(self._database), timeout=30, isolation_level=None, check_same_thread=False)
+            _write_ahead_log(db)
+            for statement in SCHEMA:
+                db.execute(statement)
+            self._db = db
+        return self._db
+
+    def _queue_id(self, queue: str) -> int:
+        qid = self._queue_ids.get(queue)
+        if qid is None:
+            self.db.execute(f"INSERT OR IGNORE INTO {QUEUES} (name) VALUES (?)", (queue,))
+            qid = self._queue_ids[queue] = self.db.execute(f"SELECT id FROM {QUEUES} WHERE name = ?", (queue,)).fetchone()[0]
+        return qid
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        with self._lock:
+            self._queue_id(queue)
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
-        super()._put(queue, payload, **kwargs)
+        with self._lock:
+            self.db.execute(
+                f"INSERT INTO {MESSAGES} (visible, payload, version, queue_id) VALUES (1, ?, 1, ?)", (dumps(payload), self._queue_id(queue))
+            )
         wake.notify(self._wake_dir, "consumer")
 
     def _get(self, queue: str) -> Any:
-        obj = self._get_or_create(queue)
-        self.session.execute(text("BEGIN IMMEDIATE TRANSACTION"))
-        try:
-            msg = (
-                self.session.query(self.message_cls)
-                .filter(self.message_cls.queue_id == obj.id, self.message_cls.visible != False)  # noqa: E712 - SQL
-                .order_by(self.message_cls.sent_at, self.message_cls.id)
-                .limit(1)
-                .first()
-            )
-            if msg is None:
-                raise Empty()
-            msg.visible = False
-            payload = loads(bytes_to_str(msg.payload))
-            self._rows[payload["properties"]["delivery_tag"]] = msg.id
-            return payload
-        finally:
-            self.session.commit()
+        with self._lock:
+            qid = self._queue_id(queue)
+            db = self.db
+            db.execute("BEGIN IMMEDIATE TRANSACTION")
+            try:
+                found = db.execute(
+                    f"SELECT id, payload FROM {MESSAGES} WHERE queue_id = ? AND visible != 0 ORDER BY timestamp, id LIMIT 1", (qid,)
+                ).fetchone()
+                if found is None:
+                    raise Empty()
+                db.execute(f"UPDATE {MESSAGES} SET visible = 0, timestamp = ?, version = version + 1 WHERE id = ?", (_now(), found[0]))
+                payload = loads(bytes_to_str(found[1]))
+                self._rows[payload["properties"]["delivery_tag"]] = found[0]
+                return payload
+            finally:
+                db.execute("COMMIT")
+
+    def _size(self, queue: str) -> int:
+        with self._lock:
+            return int(self.db.execute(f"SELECT count(*) FROM {MESSAGES} WHERE queue_id = ? AND visible = 1", (self._queue_id(queue),)).fetchone()[0])
+
+    def _purge(self, queue: str) -> int:
+        """Every message of ``queue`` goes; the count is of those still waiting, as kombu's."""
+        with self._lock:
+            qid, db = self._queue_id(queue), self.db
+            db.execute("BEGIN IMMEDIATE TRANSACTION")
+            try:
+                waiting = int(db.execute(f"SELECT count(*) FROM {MESSAGES} WHERE queue_id = ? AND visible = 1", (qid,)).fetchone()[0])
+                db.execute(f"DELETE FROM {MESSAGES} WHERE queue_id = ?", (qid,))
+            finally:
+                db.execute("COMMIT")
+            return waiting
+
+    def close(self) -> None:
+        super().close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
         super().basic_ack(delivery_tag, multiple)
@@ -129,9 +206,17 @@ class Channel(SQLChannel):
         return True
 
 
-class Transport(SQLTransport):
+class Transport(virtual.Transport):
     Channel = Channel
     polling_interval = wake.SAFETY_POLL
+    can_parse_url = True
+    default_port = 0
+    driver_type = "sql"
+    driver_name = "sqlite"
+    connection_errors = (sqlite3.OperationalError,)
+
+    def driver_version(self) -> str:
+        return sqlite3.sqlite_version
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
         """kombu's loop, with its sleep between empty polls replaced by a wait for a publisher's wake-up."""
