@@ -210,7 +210,7 @@ def _assert_progress_sane(events: list[tuple[str, dict[str, Any]]], total: int) 
 @pytest.mark.parametrize("damage", ["wrong-bytes", "hole"])
 def test_a_damaged_partial_part_is_not_resumed_blindly(damage, sftp_config, warehouse, tmp_path):
     """A .part file farmhand did not write in this upload is read back before it is continued."""
-    cfg = sftp_config(progress_interval=0)
+    cfg = sftp_config(progress_interval=0, request_size="64k")  # compared in 64 KiB reads: 512 KiB is a whole number of them
     item = _big_file(tmp_path / "p.bin", 3 << 20)
     data = item.local_path.read_bytes()
     folder = warehouse / f"part-{damage}"
@@ -223,7 +223,10 @@ def test_a_damaged_partial_part_is_not_resumed_blindly(damage, sftp_config, ware
             fh.truncate(2 << 20)
     events = _upload_watched(cfg, f"part-{damage}", item)
     assert (folder / "p.bin").read_bytes() == data
-    assert not any("resumed_from" in f for _, f in events), "a damaged .part is started over, not resumed"
+    # Only what read back identical is kept: nothing of the wrong bytes, the first 512 KiB before the hole.
+    kept = 0 if damage == "wrong-bytes" else 512 << 10
+    assert [f["resumed_from"] for _, f in events if "resumed_from" in f] == ([kept] if kept else [])
+    assert events[-1][1]["bytes_sent"] == item.size - kept, "everything not read back identical is sent again"
     assert _leftovers(folder) == []
     _server_check(folder)
 
@@ -464,3 +467,114 @@ def test_full_disk_on_the_server_is_a_clear_error_and_nothing_is_lost(run_task, 
     assert hashlib.sha256(kept.local_path.read_bytes()).hexdigest() == result.artifacts[0].sha256
     assert (workdir / "tasks" / "full-1" / "artifacts" / "big.bin").stat().st_size == 3_000_000
     assert _leftovers(full_disk) == [], "a partial copy on a full disk is removed"
+
+
+# -- one large file over several channels ----------------------------------------------------
+
+#: Small requests, few in flight: a file of a few MiB is "large" (more than the channels can have in flight).
+SPLIT = {"request_size": "32k", "requests_in_flight": 4, "channels": 3}
+
+
+@pytest.fixture(params=["openssh", "paramiko"])
+def channel_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The extra channels as `ssh` processes (OpenSSH installed) or as channels of a paramiko connection (not installed)."""
+    if request.param == "paramiko":
+        monkeypatch.setattr("farmhand.uploaders.sftp.ssh_binary", lambda: None)
+    return str(request.param)
+
+
+def _sessions(server: Sshd) -> list[str]:
+    """The client ports of the SFTP sessions sshd started so far, one per session."""
+    return [line.split(" port ")[1].split()[0] for line in (server.root / "sshd.log").read_text().splitlines() if "subsystem 'sftp'" in line]
+
+
+def test_a_large_file_is_written_over_several_channels_byte_exact(channel_kind, sftp_config, warehouse, tmp_path, sshd):
+    cfg = sftp_config(progress_interval=0, **SPLIT)
+    item = _big_file(tmp_path / "wide.bin", 6 << 20)
+    before = len(_sessions(sshd))
+    events = _upload_watched(cfg, f"wide-{channel_kind}", item)
+    sessions = _sessions(sshd)[before:]
+    # The main connection's two sessions, then three writing the file: on three ssh connections, or on one of paramiko's.
+    assert len(sessions) >= 5, sessions
+    assert len(set(sessions[2:])) == (3 if channel_kind == "openssh" else 1), sessions
+    folder = warehouse / f"wide-{channel_kind}"
+    assert hashlib.sha256((folder / "wide.bin").read_bytes()).hexdigest() == item.sha256
+    assert events[-1][1]["bytes_sent"] == item.size
+    assert _leftovers(folder) == []
+    _server_check(folder)
+
+
+def test_an_interrupted_multi_range_part_resumes_exactly(channel_kind, sftp_config, warehouse, tmp_path):
+    """Some ranges complete, one a hole, one damaged, the last cut short: exactly the identical ones are kept."""
+    cfg = sftp_config(progress_interval=0, **SPLIT)
+    item = _big_file(tmp_path / "ranges.bin", 8 << 20)
+    data = item.local_path.read_bytes()
+    folder = warehouse / f"ranges-{channel_kind}"
+    folder.mkdir()
+    part = bytearray(data[: (5 << 20) + 12_345])  # the last range cut short, off any block boundary
+    part[1 << 20 : 2 << 20] = bytes(1 << 20)  # a range never written: a hole
+    part[(3 << 20) + 1_000] ^= 0x40  # one byte wrong inside a range
+    _part(folder, item).write_bytes(part)
+    chunk = 32 << 10  # what is compared at a time: one read of request_size
+    kept = sum(len(part[o : o + chunk]) for o in range(0, len(part), chunk) if part[o : o + chunk] == data[o : o + len(part[o : o + chunk])])
+    assert 0 < kept < len(part)
+    events = _upload_watched(cfg, f"ranges-{channel_kind}", item)
+    assert [f["resumed_from"] for _, f in events if "resumed_from" in f] == [kept]
+    assert events[-1][1]["bytes_sent"] == item.size - kept, "the ranges read back identical are not sent again"
+    assert (folder / "ranges.bin").read_bytes() == data
+    assert _leftovers(folder) == []
+    _server_check(folder)
+
+
+def _newest_session_process(server: Sshd) -> int:
+    """The SFTP server process of the session sshd started last (a leaf of its process tree)."""
+    from sshd import _children, _descendants
+
+    leaves = [pid for pid in _descendants(server.proc.pid) if not _children(pid)]
+    return max(leaves)
+
+
+def test_a_channel_that_breaks_fails_clearly_and_leaves_a_resumable_part(channel_kind, sftp_config, warehouse, tmp_path, ssh_keys):
+    server = Sshd(tmp_path / "sshd-one-channel")
+    server.authorize(ssh_keys["ed25519"].with_name("id_ed25519.pub").read_text())
+    server.start()
+    try:
+        cfg = sftp_config(server=server, attempts=1, progress_interval=0, **SPLIT)
+        item = _big_file(tmp_path / "cut.bin", 64 << 20)
+        killed: list[int] = []
+
+        def report(message: str, **fields: Any) -> None:
+            if not killed and fields.get("bytes_done", 0) >= 8 << 20:
+                killed.append(_newest_session_process(server))
+                os.kill(killed[0], 9)
+
+        with pytest.raises(UploadFailed) as info:
+            SftpUploader(cfg.upload_default, cfg).upload(f"cut-{channel_kind}", [item], report)
+        assert killed, "the upload ended before a channel could be broken"
+        message = info.value.message
+        assert "failed after 1 tries" in message and "of 3 writing" in message and ".part" in message, message
+        folder = warehouse / f"cut-{channel_kind}"
+        part = _part(folder, item)
+        assert part.exists() and part.stat().st_size >= 8 << 20, "what was written is left on the server to resume from"
+        assert not (folder / "cut.bin").exists()
+
+        events = _upload_watched(sftp_config(server=server, attempts=3, progress_interval=0, **SPLIT), f"cut-{channel_kind}", item)
+        resumed = [f["resumed_from"] for _, f in events if "resumed_from" in f]
+        assert resumed and resumed[0] >= 8 << 20, f"the ranges acknowledged before the break were kept: {resumed}"
+        assert hashlib.sha256((folder / "cut.bin").read_bytes()).hexdigest() == item.sha256
+        assert _leftovers(folder) == []
+        _server_check(folder)
+    finally:
+        server.stop()
+
+
+def test_when_openssh_refuses_the_key_large_files_go_over_paramiko(sftp_config, warehouse, tmp_path, ssh_keys):
+    """farmhand accepts a key file its group can read; OpenSSH's ssh does not: the upload still goes through, and says how."""
+    key = tmp_path / "group_readable_key"
+    key.write_bytes(ssh_keys["ed25519"].read_bytes())
+    key.chmod(0o640)
+    cfg = sftp_config(progress_interval=0, private_key=str(key), **SPLIT)
+    item = _big_file(tmp_path / "fallback.bin", 4 << 20)
+    events = _upload_watched(cfg, "fallback", item)
+    assert any("could not open an SFTP session" in m and "paramiko" in m for m, _ in events), [m for m, _ in events]
+    assert hashlib.sha256((warehouse / "fallback" / "fallback.bin").read_bytes()).hexdigest() == item.sha256

@@ -21,7 +21,7 @@ class BackgroundHash:
 
     def __init__(self, batch: int = BATCH) -> None:
         self._hash = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)  # bounds memory to a few batches
+        self._queue: queue.Queue[list[bytes | memoryview] | None] = queue.Queue(maxsize=4)  # bounds memory to a few batches
         self._pending: list[bytes | memoryview] = []
         self._pending_size = 0
         self._batch = batch
@@ -30,11 +30,12 @@ class BackgroundHash:
         self._thread.start()
 
     def _run(self) -> None:
-        while (block := self._queue.get()) is not None:
-            self._hash.update(block)
+        while (batch := self._queue.get()) is not None:
+            for piece in batch:  # each update drops the GIL; no copy of the batch into one buffer first
+                self._hash.update(piece)
 
     def update(self, data: bytes | memoryview) -> None:
-        """Queue ``data`` for hashing; it must not be modified afterwards (it is not copied until a batch is full)."""
+        """Queue ``data`` for hashing; it must not be modified afterwards (it is not copied)."""
         if self._digest is not None:
             raise RuntimeError("update after finish")
         self._pending.append(data)
@@ -44,7 +45,7 @@ class BackgroundHash:
 
     def _flush(self) -> None:
         if self._pending:
-            self._queue.put(b"".join(self._pending))
+            self._queue.put(self._pending)
             self._pending, self._pending_size = [], 0
 
     def finish(self) -> str:

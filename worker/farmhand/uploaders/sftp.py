@@ -5,9 +5,10 @@ For each file, under ``path/TASK_ID/``:
 1. skip it when the warehouse already has it: same size, its ``.sha256``
    sidecar names the same sha256, and its content, read back, hashes to that
    sha256 (with ``sftp.verify: remote``: the server's ``sha256sum`` says so);
-2. write it to ``.NAME.<sha256 prefix>.part``, resuming from that file's
-   remote size once the bytes already there are read back and found equal
-   to the local file's first bytes (otherwise it starts over from byte 0);
+2. write it to ``.NAME.<sha256 prefix>.part``; when that file is already
+   there (an interrupted try), its bytes are read back and compared with
+   the local file's, and only the stretches found identical are kept
+   (``sftp_ranges.ResumePlan``); everything else is sent;
 3. verify: the bytes sent hash to the artifact's sha256, the remote size is
    right, and with ``sftp.verify: remote`` the server's own ``sha256sum``
    agrees;
@@ -20,7 +21,8 @@ or a file in place may have been left by anyone, damaged, or be sparse.
 A lost connection is tried again with exponential backoff and jitter, up to
 ``sftp.attempts`` times; refused keys, denied permissions and a full disk
 stop at once with a message that says so. Several files travel at once,
-each on its own channel (``sftp.streams``).
+each on its own channel (``sftp.streams``), and a large file is written
+over ``sftp.channels`` more at once (``sftp_ranges``, ``sftp_openssh``).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 import paramiko
@@ -45,6 +47,8 @@ from farmhand.keys import load_private_key
 from farmhand.uploaders import UploadItem, has_control_characters, check_name
 from farmhand.uploaders.hashpipe import BackgroundHash
 from farmhand.uploaders.sftp_connect import Endpoint, SftpError, connect, load_known_hosts
+from farmhand.uploaders.sftp_openssh import OpensshLink, ssh_binary
+from farmhand.uploaders.sftp_ranges import ChannelFailed, ParallelWriter, ResumePlan, send
 from farmhand.uploaders.sftp_stream import FX_FAILURE, FX_PERMISSION_DENIED, SftpStream, SourceChanged, StatusError
 
 if TYPE_CHECKING:
@@ -182,6 +186,7 @@ class SftpUploader:
         self.settings: SftpSettings = config.sftp
         self.sleep = sleep
         self._made_dirs: set[str] = set()
+        self._openssh_refused: str | None = None  # why OpenSSH's client could not be used, once it could not
         self._dirs_lock = threading.Lock()
 
     # -- naming --------------------------------------------------------------------------
@@ -249,6 +254,9 @@ class SftpUploader:
         errors: list[BaseException] = []
         lock = threading.Lock()
 
+        def more() -> paramiko.Transport:
+            return connect(self.target.endpoint, self.settings, pkey, known)
+
         def worker() -> None:
             files: _Channels | None = None
             try:
@@ -258,7 +266,7 @@ class SftpUploader:
                     except queue.Empty:
                         return
                     files = files if files is not None and files.usable else _Channels(transport, self.settings)
-                    self._put(files, item, paths[item.remote_name], progress)
+                    self._put(files, item, paths[item.remote_name], progress, more)
                     with lock:
                         remaining.remove(item)
             except BaseException as exc:  # noqa: BLE001 - handed to the coordinating thread
@@ -285,7 +293,7 @@ class SftpUploader:
             raise (permanent or errors)[0]
 
     # -- one file ------------------------------------------------------------------------
-    def _put(self, ch: "_Channels", item: UploadItem, final: str, progress: Progress) -> None:
+    def _put(self, ch: "_Channels", item: UploadItem, final: str, progress: Progress, more: Callable[[], paramiko.Transport]) -> None:
         folder, base = posixpath.split(final)
         self._makedirs(ch.ctl, folder)
         sidecar = final + SIDECAR
@@ -302,34 +310,47 @@ class SftpUploader:
         except OSError as exc:
             raise SftpError(f"cannot read {item.local_path}: {exc.strerror or exc}") from None
         hasher = BackgroundHash()
-        offset = 0
+        plan = ResumePlan(item.size)
+        extra: _Closable | None = None
         try:
             with src:
-                if existing is not None and 0 < (existing.st_size or 0) <= item.size:
-                    # Bytes this try did not send (an earlier try, another worker, damage): continued only once read back and equal.
-                    offset = self._same_prefix(ch, part, existing.st_size or 0, src, hasher, progress, name)
-                    if offset:
-                        progress.start(name, offset)
-                        progress.say(f"{name}: resuming at byte {offset} of {item.size} (the bytes there read back identical)", resumed_from=offset)
-                    else:
-                        progress.start(name, 0)
-                        progress.say(f"{name}: the partial copy in the warehouse differs from this file's first {existing.st_size} bytes; sending it all again")
+                have = existing.st_size or 0 if existing is not None else 0
+                compared = self._compare(ch, part, have, item.size, src, hasher, progress, name) if 0 < have <= item.size else None
+                if compared is None:
+                    progress.start(name, 0)
+                    if have:
+                        progress.say(f"{name}: the partial copy in the warehouse ({have} bytes) cannot be read back or is larger than this file; sending it all again")
                         hasher.finish()
                         hasher = BackgroundHash()
                         src.seek(0)
                 else:
-                    progress.start(name, 0)
-                ch.stream.write_file(
-                    part, src, offset, item.size - offset, hasher,
-                    truncate=existing is not None and offset == 0,
-                    on_acked=lambda n: progress.add(n, name=name),
-                )
+                    plan = compared
+                    progress.start(name, plan.kept)
+                    if plan.kept:
+                        progress.say(
+                            f"{name}: resuming: {plan.kept} of {item.size} bytes already in the warehouse read back identical; sending the other {plan.to_send}",
+                            resumed_from=plan.kept,
+                        )
+                    else:
+                        progress.say(f"{name}: the partial copy in the warehouse differs from this file's first {have} bytes; sending it all again")
+                streams, extra = self._writers(ch, plan, more, progress)
+                writer = ParallelWriter(streams, part, truncate=existing is not None and compared is None, on_acked=lambda n: progress.add(n, name=name))
+                try:
+                    send(writer, src, plan, hasher, min(s.request_size for s in streams))
+                except BaseException:
+                    writer.abort()
+                    raise
+                writer.finish()
         except StatusError as exc:
-            raise self._explain(ch, exc, part, item.size - offset) from None
+            raise self._explain(ch, exc, part, plan.to_send) from None
         except SourceChanged as exc:
             raise SftpError(f"{item.local_path}: {exc}; not uploaded") from None
+        except ChannelFailed as exc:
+            raise SftpError(f"upload to {self.target.endpoint.label} interrupted: {exc}", transient=True) from None
         finally:
             digest = hasher.finish()
+            if extra is not None:
+                extra.close()
         if digest != item.sha256:
             _remove(ch.ctl, part)
             raise SftpError(f"{item.local_path} changed since it was collected: its sha256 is now {digest}, not {item.sha256}; not uploaded")
@@ -355,30 +376,64 @@ class SftpUploader:
                 _remove(ch.ctl, part)
             raise
 
-    def _same_prefix(self, ch: "_Channels", path: str, length: int, src: Any, hasher: BackgroundHash, progress: Progress, name: str) -> int:
-        """Read remote ``path``'s first ``length`` bytes back and compare them with ``src``'s; ``length`` if all equal, else 0.
+    def _writers(self, ch: "_Channels", plan: ResumePlan, more: Callable[[], paramiko.Transport], progress: Progress) -> tuple[list[SftpStream], "_Closable | None"]:
+        """The channels to write with: the stream's own, or for a large file ``sftp.channels`` more.
 
-        ``src`` is read (and hashed into ``hasher``) as far as the comparison
-        went; the caller rewinds both when the answer is 0.
+        Large means more than all of them can have in flight; below that,
+        more channels only add set-up. The more are ``ssh`` processes when
+        OpenSSH's client is installed and can open a session (``sftp_openssh``:
+        encryption off this process's GIL; it refuses, for one, a key file
+        its group can read, which farmhand allows), else channels of a
+        paramiko connection of their own, which keeps the main one within the
+        sessions a server allows per connection (OpenSSH's MaxSessions, 10).
         """
-        equal = True
-        checked = 0
+        count = self.settings.channels
+        if count <= 1 or plan.to_send < count * ch.stream.request_size * ch.stream.in_flight:
+            return [ch.stream], None
+        ssh = ssh_binary()
+        if ssh is not None and self._openssh_refused is None:
+            link = OpensshLink(ssh, self.target.endpoint, ch.transport, self.settings.private_key, self.settings.connect_timeout)
+            try:
+                link.start(count)
+                return [self._stream_on(link) for _ in range(count)], link
+            except (EOFError, OSError) as exc:
+                link.close()
+                self._openssh_refused = str(exc)
+                progress.say(f"OpenSSH's ssh could not open an SFTP session ({exc}); large files go over paramiko channels")
+        transport = more()
+        try:
+            return [self._stream_on(transport) for _ in range(count)], transport
+        except BaseException:
+            transport.close()
+            raise
+
+    def _stream_on(self, opener: Any) -> SftpStream:
+        return SftpStream(opener, timeout=self.settings.connect_timeout, request_size=self.settings.request_size, in_flight=self.settings.requests_in_flight)
+
+    def _compare(self, ch: "_Channels", path: str, length: int, size: int, src: Any, hasher: BackgroundHash, progress: Progress, name: str) -> ResumePlan | None:
+        """Read remote ``path``'s first ``length`` bytes back and compare them with ``src``'s (``size`` bytes): what can be kept.
+
+        ``src`` is read (and hashed into ``hasher``) as far as the
+        comparison went. None when the copy cannot be read (a write-only
+        account, or gone): not verified, so nothing of it is trusted; the
+        caller then rewinds both.
+        """
+        plan = ResumePlan(size)
 
         def consume(remote: bytes) -> bool:
-            nonlocal equal, checked
             local = src.read(len(remote))
+            if len(local) < len(remote):
+                raise SourceChanged(f"the local file ended at byte {plan.tail + len(local)}: it changed while being uploaded")
             hasher.update(local)
-            equal = local == remote
-            if equal:
-                checked += len(remote)
-                progress.reach(name, checked)
-            return equal
+            if plan.note(local, remote):
+                progress.reach(name, plan.kept)
+            return True
 
         try:
-            got = ch.stream.read_file(path, length, consume)
+            ch.stream.read_file(path, length, consume)
         except StatusError:
-            return 0  # unreadable (a write-only account, or gone): not verified, so not trusted
-        return length if equal and got == length else 0
+            return None
+        return plan
 
     def _already_there(self, ch: "_Channels", item: UploadItem, final: str, sidecar: str, line: bytes, progress: Progress) -> bool:
         """Whether ``final`` already holds the item: right size, right sidecar, and content that hashes to its sha256."""
@@ -505,6 +560,10 @@ class SftpUploader:
             detail = f" ({free} bytes free there)" if free is not None else " (the server does not say why; a full disk or quota is likely)"
             return SftpError(f"the warehouse {self.target.endpoint.label} refused to write {path}: {exc.text or 'failure'}{detail}")
         return SftpError(f"the warehouse {self.target.endpoint.label} refused {exc}", transient=exc.code in (6, 7))
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
 
 
 class _Channels:

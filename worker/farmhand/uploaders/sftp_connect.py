@@ -30,7 +30,7 @@ WINDOW = 8 << 20
 MAX_PACKET = 32768
 
 #: Host key algorithms a known_hosts key type allows the server to use.
-_HOSTKEY_ALGORITHMS = {
+HOSTKEY_ALGORITHMS = {
     "ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"),
     "ssh-ed25519": ("ssh-ed25519",),
     "ecdsa-sha2-nistp256": ("ecdsa-sha2-nistp256",),
@@ -95,7 +95,7 @@ def _host_key_types(endpoint: Endpoint, known: paramiko.HostKeys, offered: tuple
     entries = known.lookup(endpoint.known_hosts_name)
     if not entries:
         return offered
-    wanted = {alg for kind in entries.keys() for alg in _HOSTKEY_ALGORITHMS.get(kind, (kind,))}
+    wanted = {alg for kind in entries.keys() for alg in HOSTKEY_ALGORITHMS.get(kind, (kind,))}
     chosen = tuple(a for a in offered if a in wanted)
     return chosen or offered
 

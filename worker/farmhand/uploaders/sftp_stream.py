@@ -10,11 +10,13 @@ close, the statvfs extension to explain a full disk, and reads, pipelined
 the same way, to check what is already on the server); everything else goes
 through paramiko's ``SFTPClient`` on another channel.
 
-Writes are sent in file order on one channel, and an OpenSSH server applies
-them in that order, so after an interruption the remote file is normally a
-prefix of the local one. Normally is not enough to resume on: whatever is on
-the server from before is read back (``read_file``) and compared before the
-upload continues from its size.
+Large files are written over several such channels at once
+(``sftp_ranges``): each takes the next ``Block`` (one write request's bytes,
+read with room before them for the request's header, so a request goes out
+without copying its data) and writes it at its offset. After an
+interruption the remote file may therefore have holes anywhere; nothing
+on the server from before is trusted: it is read back (``read_file``) and
+compared before an upload continues.
 """
 
 from __future__ import annotations
@@ -57,6 +59,43 @@ def _read_into(src: BinaryIO, view: memoryview) -> int:
             break
         got += n
     return got
+
+
+#: Bytes kept free before a block's data for the write request's header: the
+#: longest handle SFTP allows (256) plus the fixed fields.
+HEADROOM = 4 + 1 + 4 + 4 + 256 + 8 + 4
+
+
+class Block:
+    """One write request's worth of a file: ``size`` bytes at ``offset``, stored after ``HEADROOM`` spare bytes."""
+
+    __slots__ = ("offset", "size", "buffer")
+
+    def __init__(self, offset: int, size: int) -> None:
+        self.offset, self.size = offset, size
+        self.buffer = bytearray(HEADROOM + size)
+
+    @property
+    def data(self) -> memoryview:
+        """The file's bytes; never changed once read (the hash may still hold a view of them)."""
+        return memoryview(self.buffer)[HEADROOM:]
+
+    @classmethod
+    def read(cls, src: BinaryIO, offset: int, size: int) -> "Block":
+        """The next ``size`` bytes of ``src`` (from its current position, which is ``offset``); short only at its end."""
+        block = cls(offset, size)
+        with block.data as view:
+            got = _read_into(src, view)
+        if got < size:
+            del block.buffer[HEADROOM + got :]
+            block.size = got
+        return block
+
+
+#: What ``write_blocks``'s ``take`` returns when no block will come any more.
+END = None
+#: What ``take`` returns, when not asked to wait, while no block is ready yet.
+NOT_YET: "Block | None | object" = object()
 
 
 class SourceChanged(Exception):
@@ -255,6 +294,64 @@ class SftpStream:
                 failure = failure or exc
                 continue
             on_acked(size)
+        return failure
+
+    def open_write(self, path: str, *, truncate: bool) -> bytes:
+        """A handle to write remote ``path`` (created if missing, emptied when ``truncate``); ``StatusError`` if refused."""
+        return self._open(path, FXF_WRITE | FXF_CREAT | (FXF_TRUNC if truncate else 0))
+
+    def close_handle(self, path: str, handle: bytes) -> None:
+        """Close ``handle``; ``StatusError`` if the server reports a failure (a write it could not finish)."""
+        self._send(FXP_CLOSE, handle)
+        kind, body = self._read()
+        self._raise_for_status(f"close {path}", kind, body)
+
+    def write_blocks(self, handle: bytes, take: Callable[[bool], Any], on_acked: Callable[[int], None]) -> StatusError | None:
+        """Write the blocks ``take`` hands out, each at its offset, with up to ``in_flight`` requests outstanding.
+
+        ``take(wait)`` returns a ``Block``, ``END``, or (when ``wait`` is
+        false, because replies are due) ``NOT_YET``. The request header is
+        written into the block's spare room, so the data is sent where it
+        was read. Returns the first refusal once every reply in flight is
+        drained (nothing more is taken after it); raises on a broken
+        channel, which is then closed.
+        """
+        sizes: dict[int, int] = {}
+        failure: StatusError | None = None
+        more = True
+        header = 4 + 1 + 4 + len(handle) + 8 + 4
+        start = HEADROOM - header
+        try:
+            while (more and failure is None) or sizes:
+                while more and failure is None and len(sizes) < self.in_flight:
+                    block = take(not sizes)
+                    if block is NOT_YET:
+                        break
+                    if block is END:
+                        more = False
+                        break
+                    rid = self._next_id
+                    self._next_id = (rid + 1) & 0xFFFFFFFF
+                    buf = block.buffer
+                    struct.pack_into(">IBI", buf, start, header - 4 + block.size, FXP_WRITE, rid)
+                    buf[start + 9 : start + 9 + len(handle)] = handle
+                    struct.pack_into(">QI", buf, start + 9 + len(handle), block.offset, block.size)
+                    self.channel.sendall(memoryview(buf)[start:])
+                    sizes[rid] = block.size
+                if not sizes:
+                    continue
+                kind, body = self._read()
+                (rid,) = struct.unpack_from(">I", body)
+                size = sizes.pop(rid, 0)
+                try:
+                    self._raise_for_status("write", kind, body)
+                except StatusError as exc:
+                    failure = failure or exc
+                    continue
+                on_acked(size)
+        except BaseException:
+            self.close()  # replies may be in flight: the session can no longer pair them up
+            raise
         return failure
 
     def read_file(self, path: str, length: int, consume: Callable[[bytes], bool]) -> int:
