@@ -190,13 +190,15 @@ def test_every_line_the_worker_logs_is_json_and_a_tasks_lines_name_it(node: Node
     assert any(line["task_id"] == handle.task_id and "received" in line["message"] for line in celery_lines)
 
 
-def test_revoke_terminate_cancels_a_task_the_worker_adopted_after_a_restart(node: Node) -> None:
-    """A re-adopted task has no Celery request of its own: the node cancels it all the same."""
+def test_a_task_the_worker_adopted_after_a_restart_is_active_and_revoke_terminate_cancels_it(node: Node) -> None:
+    """A re-adopted task has no Celery request of its own: the node lists it as active and cancels it all the same."""
     handle = node.client.submit(sleep_task(300))
     wait_until(lambda: handle.state == "running", 60, "the task to run")
     node.worker.kill9()
     node.worker.start()
     wait_until(lambda: f"resuming task {handle.task_id}" in node.worker.log(), 30, "the new worker to adopt the task")
+    (shown,) = node.inspect("active")
+    assert (shown["id"], shown["name"], shown["resumed"]) == (handle.task_id, "farmhand.run_task", True), shown
     # As Flower's terminate button and scripts say it: revoke(terminate=True).
     reply = node.client.app.control.revoke(handle.task_id, terminate=True, destination=[node.worker.node_name], reply=True, timeout=5)
     assert f"terminate: {handle.task_id}" in json.dumps(reply), reply
