@@ -147,3 +147,81 @@ def test_a_malformed_broker_url_is_refused_without_its_password(tmp_path, url):
     with pytest.raises(ConfigError, match="config.broker.url") as info:
         config(tmp_path, BROKER_URL=url, PASSWORD="PWsecret1")
     assert "PWsecret1" not in str(info.value)
+
+
+def test_a_failover_list_of_rabbitmq_nodes_from_env_or_a_config_list(tmp_path):
+    env = config(tmp_path, BROKER_URL="amqp://mq1:5672//; amqp://mq2:5672//;amqp://mq3:5672//", USERNAME="farm", PASSWORD="s3cret")
+    assert settings.broker_url(env) == "amqp://farm:s3cret@mq1:5672//;amqp://farm:s3cret@mq2:5672//;amqp://farm:s3cret@mq3:5672//"
+    assert settings.shown(settings.broker_url(env)) == "amqp://farm:**@mq1:5672//;amqp://farm:**@mq2:5672//;amqp://farm:**@mq3:5672//"
+    assert settings.transport_kind(settings.broker_url(env)) == "amqp" and settings.result_backend(env) == "rpc://"
+    listed = config(tmp_path, {"broker": {"url": ["amqp://mq1//", "amqp://mq2//"], "queue_type": "quorum"}})
+    assert settings.celery_settings(listed)["broker_url"] == "amqp://mq1//;amqp://mq2//"
+    from kombu import Connection
+
+    assert Connection(settings.broker_url(listed)).alt == ["amqp://mq1//", "amqp://mq2//"]  # what kombu fails over between
+
+
+@pytest.mark.parametrize(
+    ("doc", "env", "field"),
+    [
+        ({}, {"BROKER_URL": "amqp://mq1//;http://mq2//"}, "config.broker.url"),
+        ({"broker": {"url": ["amqp://mq1//", "ftp://x"]}}, {}, r"config.broker.url\[1\]"),
+        ({"broker": {"url": []}}, {}, "config.broker.url"),
+    ],
+)
+def test_a_bad_failover_list_names_the_field(tmp_path, doc, env, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.") if "[" not in field else field):
+        config(tmp_path, doc, **env)
+
+
+def test_a_failover_list_mixing_brokers_is_refused_naming_the_field(tmp_path):
+    cfg = config(tmp_path, BROKER_URL="amqp://u:pw1@mq1//;redis://:pw2@r:6379/0")
+    with pytest.raises(ConfigError, match=r"broker\.url: .* mixes amqp, redis") as info:
+        settings.broker_url(cfg)
+    assert "pw1" not in str(info.value) and "pw2" not in str(info.value)
+
+
+def test_sentinel_urls_and_the_master_name_reach_broker_and_result_store(tmp_path):
+    cfg = config(tmp_path, BROKER_URL="sentinel://127.0.0.1:26379/0;sentinel://127.0.0.1:26380/0", BROKER_MASTER_NAME="prod")
+    conf = settings.celery_settings(cfg)
+    assert settings.transport_kind(conf["broker_url"]) == "redis" and conf["worker_disable_prefetch"] is True
+    assert conf["broker_transport_options"] == {"visibility_timeout": 3600, "master_name": "prod"}
+    assert conf["result_backend"] == conf["broker_url"]  # Celery's SentinelBackend, through the same sentinels
+    assert conf["result_backend_transport_options"] == {"master_name": "prod"}
+    from celery import Celery
+
+    app = Celery(set_as_current=False)
+    app.conf.update(conf)
+    assert type(app.backend).__name__ == "SentinelBackend"
+
+
+@pytest.mark.parametrize("where", ["BROKER_URL", "RESULT_BACKEND"])
+def test_sentinel_urls_without_a_master_name_name_the_field(tmp_path, where):
+    env = {"BROKER_URL": "redis://127.0.0.1:6379/0", where: "sentinel://127.0.0.1:26379/0"}
+    with pytest.raises(ConfigError, match=r"broker\.master_name: broker\.(url|result_backend) lists Redis sentinels") as info:
+        settings.celery_settings(config(tmp_path, **env))
+    assert "BROKER_MASTER_NAME" in str(info.value)
+    with pytest.raises(ConfigError, match=r"config\.broker\.master_name"):
+        config(tmp_path, BROKER_MASTER_NAME="two words")
+
+
+def test_redis_tls_covers_the_broker_and_its_result_store(tmp_path):
+    cfg = config(tmp_path, BROKER_URL="rediss://127.0.0.1:6380/0", BROKER_TLS_CA="/ca.pem", BROKER_TLS_CERT="/c.pem", BROKER_TLS_KEY="/k.pem")
+    conf = settings.celery_settings(cfg)
+    expected = {"ssl_cert_reqs": __import__("ssl").CERT_REQUIRED, "ssl_ca_certs": "/ca.pem", "ssl_certfile": "/c.pem", "ssl_keyfile": "/k.pem"}
+    assert conf["broker_use_ssl"] == expected and conf["redis_backend_use_ssl"] == expected
+    assert conf["result_backend"] == "rediss://127.0.0.1:6380/0"
+
+
+def test_a_tls_failure_is_found_however_the_client_wrapped_it():
+    import ssl
+
+    cause = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    try:
+        try:
+            raise cause
+        except OSError as exc:
+            raise ConnectionError(f"Error connecting: {exc}")  # redis-py's way: the SSL error as context only
+    except ConnectionError as wrapped:
+        assert settings.tls_error(wrapped) is cause
+    assert settings.tls_error(ConnectionRefusedError()) is None
