@@ -297,3 +297,21 @@ def test_the_policy_decides_whether_tasks_may_ask(tmp_path):
     plain = parse_task({"image": "farmhand-test/busybox:latest", "max_run_time": 60, "loopback_devices": {"video": False}})
     assert plain.loopback_devices == ()
     policy_check(make_config(), plain)
+
+
+def test_check_lists_the_pool_and_advises_concurrency(tmp_path, host, lock_dir):
+    from farmhand.check import _loopback_devices
+
+    cfg = config_with(tmp_path, allow={"loopback_devices": True}, worker={"concurrency": 4}, loopback_devices={"lock_dir": str(lock_dir)})
+    new_pool(host, lock_dir).try_acquire(task_dir(tmp_path, "a"), [VIDEO])
+    name, ok, detail = _loopback_devices(cfg, *host)
+    assert ok and name == "loopback devices"
+    assert detail.startswith("2 video, 2 audio: video2 (/dev/video2): held by ")
+    assert "card10 (/dev/snd/controlC10, /dev/snd/pcmC10D0c" in detail
+    assert "CONCURRENCY is 4: at most 2 tasks" in detail and "set CONCURRENCY to 2" in detail
+    fits = config_with(tmp_path, allow={"loopback_devices": True}, worker={"concurrency": 2}, loopback_devices={"lock_dir": str(lock_dir)})
+    assert "CONCURRENCY" not in _loopback_devices(fits, *host)[2]
+    empty = _loopback_devices(cfg, tmp_path / "nosys", tmp_path / "noproc")
+    assert not empty[1] and "has none" in empty[2]
+    off = config_with(tmp_path, loopback_devices={"lock_dir": str(lock_dir)})
+    assert _loopback_devices(off, *host)[1]

@@ -167,12 +167,26 @@ class DevicePool:
         return {kind: len(self.of_kind(kind)) for kind in KINDS}
 
     # -- claims -----------------------------------------------------------------------
+    def _ensure_lock_dir(self) -> None:
+        """The lock directory, made if missing; made by root (``run-task``, ``check``), it is given to the owner of
+        its parent (the service's ``RuntimeDirectory``), so the unprivileged worker can still claim devices."""
+        if self.lock_dir.is_dir():
+            return
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            parent = self.lock_dir.parent.stat()
+            os.chown(self.lock_dir, parent.st_uid, parent.st_gid)
+
     @contextmanager
     def _locked(self, name: str) -> Iterator[None]:
-        self.lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_dir / f"{name}.lock", "a+", encoding="ascii") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)  # held for a few file operations, never while a task runs
+        self._ensure_lock_dir()
+        # Read-only: flock needs no write access, so a lock file another user made still serves.
+        fd = os.open(self.lock_dir / f"{name}.lock", os.O_RDONLY | os.O_CREAT, 0o660)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held for a few file operations, never while a task runs
             yield
+        finally:
+            os.close(fd)
 
     def _claim_path(self, name: str) -> Path:
         return self.lock_dir / f"{name}.claim"
