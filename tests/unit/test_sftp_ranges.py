@@ -8,6 +8,7 @@ import os
 import random
 import struct
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -221,3 +222,12 @@ def test_a_broken_channel_is_named_and_the_others_stop() -> None:
         _upload(servers, local, ResumePlan(len(local)), 4_096)
     assert servers[1].closed, "the broken channel's session is closed: its replies can no longer be paired up"
     assert servers[0].handles_open == servers[2].handles_open == 0
+
+
+@pytest.mark.parametrize("host, user", [("-oProxyCommand=touch /tmp/pwned", "u"), ("warehouse", "-oProxyCommand=x")])
+def test_a_target_whose_host_or_user_reads_as_an_ssh_option_is_refused(host: str, user: str) -> None:
+    from farmhand.uploaders.sftp_connect import Endpoint, SftpError
+    from farmhand.uploaders.sftp_openssh import OpensshLink
+
+    with pytest.raises(SftpError, match="starting with '-'"):
+        OpensshLink("/usr/bin/ssh", Endpoint(user=user, host=host, port=22), transport=None, private_key=Path("/k"), timeout=5)  # type: ignore[arg-type]

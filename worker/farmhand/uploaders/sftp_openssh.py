@@ -26,7 +26,7 @@ from pathlib import Path
 
 import paramiko
 
-from farmhand.uploaders.sftp_connect import CIPHERS, HOSTKEY_ALGORITHMS, Endpoint
+from farmhand.uploaders.sftp_connect import CIPHERS, HOSTKEY_ALGORITHMS, Endpoint, SftpError
 
 #: OpenSSH's ciphers in farmhand's order of preference (chacha20 is fast in C, unlike in paramiko).
 OPENSSH_CIPHERS = (*CIPHERS[:2], "chacha20-poly1305@openssh.com", *CIPHERS[2:])
@@ -101,6 +101,9 @@ class OpensshLink:
     """Opens SFTP sessions as ``ssh`` processes to the server ``transport`` reached, pinned to the host key it checked."""
 
     def __init__(self, ssh: str, endpoint: Endpoint, transport: paramiko.Transport, private_key: Path, timeout: float) -> None:
+        if endpoint.host.startswith("-") or endpoint.user.startswith("-"):
+            # ssh would read it as an option (-oProxyCommand=...): never let a target's text become one.
+            raise SftpError(f"upload target {endpoint.label}: a host or user starting with '-' is refused")
         host_key = transport.get_remote_server_key()
         self._dir = tempfile.TemporaryDirectory(prefix="farmhand-ssh-")
         known = Path(self._dir.name) / "known_hosts"
