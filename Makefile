@@ -9,10 +9,14 @@ PYTEST_ARGS ?=
 
 .PHONY: run test unit integration bench host test-images venv clean
 
-$(VENV)/.installed: pyproject.toml
+# The dependencies exactly as locked (worker/requirements-test.lock: the
+# worker's lock plus the test tools, every file hash-checked), then farmhand
+# itself without resolving anything again.
+$(VENV)/.installed: pyproject.toml worker/requirements.lock worker/requirements-test.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --require-hashes -r worker/requirements-test.lock
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 venv: host $(VENV)/.installed
@@ -28,6 +32,18 @@ run: test-images venv
 
 test: test-images venv
 	$(PY) -m pytest tests/unit tests/integration $(PYTEST_ARGS)
+
+# Re-resolve the locks after a change to pyproject.toml's dependencies (needs
+# PyPI): the worker's (used by make, the farmhand role's wheelhouse and so the
+# Packer app image) and, on top of it, the test tools'. uv runs from its own venv.
+LOCK_VENV ?= build/lock-venv
+UV_COMPILE = $(LOCK_VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" -q
+
+.PHONY: lock
+lock:
+	[ -x $(LOCK_VENV)/bin/uv ] || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q 'uv>=0.4'; }
+	$(UV_COMPILE) -o worker/requirements.lock
+	$(UV_COMPILE) --extra test -c worker/requirements.lock -o worker/requirements-test.lock
 
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -85,8 +101,12 @@ MOLECULE := PATH=$(APPLIANCE_BIN):$$PATH molecule
 
 .PHONY: appliance-tools lint-ansible molecule molecule-default molecule-vm molecule-vm-nodisks
 
+# ansible/requirements.yml: the `ansible` package installed the collections
+# already; this finds them in range and does nothing (Galaxy is not contacted).
 appliance-tools: host
 	bash scripts/setup-appliance-tools.sh
+	$(APPLIANCE_BIN)/ansible-galaxy collection install -r ansible/requirements.yml \
+	  -p "$$($(APPLIANCE_BIN)/python -c 'import ansible_collections, os; print(os.path.dirname(ansible_collections.__path__[0]))')"
 
 lint-ansible: appliance-tools
 	$(APPLIANCE_BIN)/yamllint -c .yamllint.yml ansible molecule

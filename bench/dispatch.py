@@ -10,12 +10,11 @@ same run on the same image (farmhand-test/busybox, `echo hello`):
               4 parallel loops of `docker run --rm` (10 each)
   idle        the workers' RSS and CPU over 60 s doing nothing (from /proc,
               the worker process and its children)
-  farm        2 worker nodes x CONCURRENCY 4 on one RabbitMQ, 500 trivial
-              tasks counted twice: results received and runs appended to a
-              cache volume; lost, duplicated, tasks/s
+
+The farm (many nodes, thousands of tasks, each counted) is bench/farm.py.
 
 Usage:
-    .venv/bin/python bench/dispatch.py [--only latency,throughput,idle,farm] [--runs 10] [--json OUT.json]
+    .venv/bin/python bench/dispatch.py [--only latency,throughput,idle] [--runs 10] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,12 +36,12 @@ from common import add_json_arg, emit, row, timed, use_test_helpers  # noqa: E40
 use_test_helpers()
 import docker  # noqa: E402
 import yaml  # noqa: E402
-from dispatch_support import RabbitMQ, WorkerProcess, counted_task, discard_left_tasks, runs_of  # noqa: E402
+from dispatch_support import RabbitMQ, WorkerProcess, discard_left_tasks  # noqa: E402
 from farmhand.dispatch.client import Client  # noqa: E402
 from farmhand.config import load_config  # noqa: E402
 from support import BUSYBOX  # noqa: E402
 
-PARTS = ("latency", "throughput", "idle", "farm")
+PARTS = ("latency", "throughput", "idle")
 
 
 def trivial(network: str) -> dict[str, Any]:
@@ -72,7 +70,9 @@ class Bench:
         return self.rabbit
 
     def worker(self, name: str, env: dict[str, str], concurrency: int) -> WorkerProcess:
-        w = WorkerProcess(self.root, {**env, "CONCURRENCY": str(concurrency), "QUEUES": "default"}, None, name)
+        # Several workers on one host: each its own metrics port (any free one), as the idle figures count that server too.
+        env = {"FARMHAND_METRICS_ADDRESS": "127.0.0.1:0", **env, "CONCURRENCY": str(concurrency), "QUEUES": "default"}
+        w = WorkerProcess(self.root, env, None, name)
         self.workers.append(w)
         return w.start()
 
@@ -218,37 +218,6 @@ class Bench:
                 note=f"{overall:.2f} % over {a.idle_seconds}s (utime+stime, process and children, per-second samples)",
             ))
 
-    def farm(self) -> None:
-        a = self.args
-        self.stop_workers()  # the farm has the host to itself
-        env = {"BROKER_URL": self.rabbitmq().url}
-        nodes = [self.worker(f"node{i}", env, 4) for i in (1, 2)]
-        client = self.client(nodes[0], env)
-        counter = f"bench-{uuid.uuid4().hex[:8]}"
-        doc = counted_task(counter)
-        dc = docker.from_env()
-        print(f"farm: {a.farm_tasks} tasks on 2 nodes x 4...", file=sys.stderr)
-        start = time.perf_counter()
-        handles = [self.submit(client, dict(doc)) for _ in range(a.farm_tasks)]
-        results = []
-        for h in handles:
-            try:
-                results.append(h.result(timeout=900))
-            except TimeoutError:
-                pass
-        elapsed = time.perf_counter() - start
-        ok = {r["task_id"] for r in results if r.get("state") == "succeeded"}
-        runs = runs_of(dc, counter)
-        nodes_used = {n.root.name: sum(1 for tid in ok if (n.working_dir / "tasks" / tid / "result.json").exists()) for n in nodes}
-        dc.containers.run(BUSYBOX, ["rm", "-f", f"/count/{counter}"], volumes={"farmhand-cache-runcount": {"bind": "/count"}}, remove=True)
-        lost, dup = a.farm_tasks - len(ok), max(0, runs - a.farm_tasks)
-        split = ", ".join(f"{k} ran {v}" for k, v in nodes_used.items())
-        self.rows.append(row(f"farm 2x4 RabbitMQ, {a.farm_tasks} tasks: lost", [lost], unit="tasks", target="== 0",
-                             note=f"{len(results)} results, {len(ok)} succeeded, {runs} runs counted in the cache volume; {split}"))
-        self.rows.append(row(f"farm 2x4 RabbitMQ, {a.farm_tasks} tasks: duplicated", [dup], unit="runs", target="== 0"))
-        self.rows.append(row(f"farm 2x4 RabbitMQ, {a.farm_tasks} tasks: throughput", [a.farm_tasks / elapsed], unit="tasks/s",
-                             higher_is_better=True, note="network none, counted_task (appends to a cache volume)"))
-
 
 def _children(pid: int) -> list[int]:
     found = []
@@ -302,7 +271,6 @@ def main() -> None:
     parser.add_argument("--throughput-runs", type=int, default=3)
     parser.add_argument("--throughput-brokers", default="embedded,RabbitMQ")
     parser.add_argument("--idle-seconds", type=int, default=60)
-    parser.add_argument("--farm-tasks", type=int, default=500)
     add_json_arg(parser)
     args = parser.parse_args()
     args.only = set(args.only.split(","))
@@ -315,8 +283,6 @@ def main() -> None:
                 bench.latency_and_throughput()
             if "idle" in args.only:
                 bench.idle()
-            if "farm" in args.only:
-                bench.farm()
         finally:
             bench.close()
     emit(bench.rows, args.json, title=f"dispatch ({os.cpu_count()} cores)")

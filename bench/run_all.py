@@ -6,7 +6,7 @@ anything. Usage:
     .venv/bin/python bench/run_all.py [--json bench/results/latest.json] [--quick] [--only dispatch,upload]
 
 --quick shrinks every figure (fewer runs, 128 MiB instead of 1 GiB, 10 s idle,
-100 farm tasks) to check the scripts themselves in a few minutes.
+200 farm tasks) to check the scripts themselves in a few minutes.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ HERE = Path(__file__).resolve().parent
 #: script -> (full arguments, --quick arguments)
 SCRIPTS: dict[str, tuple[list[str], list[str]]] = {
     "run_task": ([], ["--runs", "3"]),
-    "dispatch": ([], ["--runs", "3", "--throughput-runs", "1", "--idle-seconds", "10", "--farm-tasks", "100"]),
+    "dispatch": ([], ["--runs", "3", "--throughput-runs", "1", "--idle-seconds", "10"]),
+    "farm": ([], ["--tasks", "200"]),
     "upload": ([], ["--size-mib", "128", "--runs", "1"]),
     "log_capture": ([], ["--size-mib", "128", "--runs", "1"]),
+    "metrics": ([], ["--seconds", "15"]),
 }
 
 

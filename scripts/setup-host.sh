@@ -7,7 +7,7 @@ set -euo pipefail
 have() { command -v "$1" >/dev/null 2>&1; }
 
 bash "$(dirname "$0")/apt-ensure.sh" setup-host docker.io busybox-static debootstrap docker-registry apache2-utils \
-  python3-venv python3-pip make openssh-server rabbitmq-server redis-server openssl iptables iproute2
+  python3-venv python3-pip make openssh-server rabbitmq-server redis-server redis-sentinel openssl iptables iproute2 prometheus
 
 # On a cgroup v1 host whose boot mounted only some controllers, containerd's
 # shim cannot load a container's cgroups ("cannot find cgroup mount

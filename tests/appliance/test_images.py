@@ -69,14 +69,19 @@ def test_docker_app_image_is_based_on_base_and_boots_storage(app_image: str) -> 
         "test -f /etc/modprobe.d/farmhand-loopback.conf; "
         "python3 -c 'import json; print(json.load(open(\"/etc/docker/daemon.json\"))[\"data-root\"])'; "
         "systemctl is-enabled docker farmhand farmhand-ephemeral-storage; "
-        "cat /opt/farmhand/appliance/vars.yml"
+        "cat /usr/local/lib/farmhand-ephemeral-storage/config.json; "
+        "grep -h ^RequiresMountsFor= /etc/systemd/system/docker.service.d/farmhand-storage.conf "
+        "/etc/systemd/system/farmhand.service; grep ' /mnt ' /etc/fstab"
     )
     res = docker("run", "--rm", app_image, "bash", "-c", script)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "DefaultLimitNOFILE=1048576" in res.stdout
     assert "/mnt/docker" in res.stdout
     assert res.stdout.splitlines().count("enabled") == 3, res.stdout
-    assert "ephemeral_storage_mount_path: /mnt" in res.stdout
+    assert '"mount_path": "/mnt"' in res.stdout
+    # Docker and the worker need the volume's mount, which fstab makes after the boot unit.
+    assert {"RequiresMountsFor=/mnt/docker", "RequiresMountsFor=/mnt/farmhand"} <= set(res.stdout.splitlines())
+    assert "/dev/mapper/ephemeral-data /mnt ext4" in res.stdout
 
 
 # --- qemu -----------------------------------------------------------------

@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import redis as redis_lib
 import yaml
@@ -204,8 +204,9 @@ class RabbitMQ:
 class WorkerProcess:
     """`farmhand worker` with its own working dir; the broker comes from BROKER_URL as in production."""
 
-    def __init__(self, root: Path, env: dict[str, str], config: dict[str, Any] | None = None, name: str = "w1") -> None:
+    def __init__(self, root: Path, env: dict[str, str], config: dict[str, Any] | None = None, name: str = "w1", args: tuple[str, ...] = ()) -> None:
         self.root = root / name
+        self.args = args  # after `worker`: --log-format json...
         self.root.mkdir(parents=True, exist_ok=True)
         self.working_dir = self.root / "work"
         self.node_name = f"{name}@farmhand-test"
@@ -215,7 +216,8 @@ class WorkerProcess:
             # The run counter is one volume for every queue (caches are per queue otherwise): runs_of reads it.
             "allow": {"caches": ["runcount"]},
             "limits": {"kill_grace": 1},
-            "worker": {"node_name": self.node_name, "drain_grace": 30},
+            # Port 0: any free port, so workers started side by side never collide on the default one.
+            "worker": {"node_name": self.node_name, "drain_grace": 30, "metrics_address": "127.0.0.1:0"},
         }
         for key, value in (config or {}).items():
             doc[key] = {**doc.get(key, {}), **value} if isinstance(value, dict) else value
@@ -228,7 +230,7 @@ class WorkerProcess:
     def start(self) -> "WorkerProcess":
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "farmhand", "--config", str(self.config_path), "worker"],
+            [sys.executable, "-m", "farmhand", "--config", str(self.config_path), "worker", *self.args],
             env=self.env,
             stdout=open(self.log_path, "ab"),
             stderr=subprocess.STDOUT,
@@ -329,7 +331,7 @@ def counted_task(counter: str, seconds: float = 0, **extra: Any) -> dict[str, An
 
 def runs_of(client: Any, counter: str) -> int:
     out = client.containers.run(
-        BUSYBOX, ["sh", "-c", f"cat /count/{counter} 2>/dev/null || true"], volumes={cache_volume_name("runcount", None): {"bind": "/count", "mode": "ro"}}, remove=True
+        BUSYBOX, ["sh", "-c", f"cat /count/{counter} 2>/dev/null || true"], volumes={cache_volume_name("runcount", None): {"bind": "/count", "mode": "ro"}}, network_mode="none", remove=True
     )
     return out.decode().count("run")
 
@@ -369,3 +371,12 @@ def settled(app: Any, broker: "Redis | RabbitMQ", queue: str, workers: list[Work
         return False
     replies = app.control.inspect(destination=[w.node_name for w in workers], timeout=2).active()
     return replies is not None and set(replies) == {w.node_name for w in workers} and not any(replies.values())
+
+
+def serving(server: Any) -> Iterator[Any]:
+    """A fixture's body for a server started for its scope and stopped after it, however the tests end."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from broker_cluster import RabbitCluster, RedisNode, ResultTally, SentinelSet
-from dispatch_support import LocalPKI, Redis, WorkerProcess, counted_task, discard_left_tasks, runs_of, settled, wait_until
+from dispatch_support import LocalPKI, Redis, WorkerProcess, counted_task, discard_left_tasks, runs_of, serving, settled, wait_until
 from farmhand.client import Client
 from farmhand.config import load_config
 from support import BUSYBOX
@@ -36,30 +36,22 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> LocalPKI:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
-    nodes = RabbitCluster(tmp_path_factory.mktemp("rabbit-cluster")).start()
-    yield nodes
-    nodes.stop()
+    yield from serving(RabbitCluster(tmp_path_factory.mktemp("rabbit-cluster")))
 
 
 @pytest.fixture(scope="module")
 def result_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
-    server = Redis(tmp_path_factory.mktemp("results")).start()
-    yield server
-    server.stop()
+    yield from serving(Redis(tmp_path_factory.mktemp("results")))
 
 
 @pytest.fixture(scope="module")
 def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSet]:
-    group = SentinelSet(tmp_path_factory.mktemp("sentinel")).start()
-    yield group
-    group.stop()
+    yield from serving(SentinelSet(tmp_path_factory.mktemp("sentinel")))
 
 
 @pytest.fixture(scope="module")
 def redis_tls(tmp_path_factory: pytest.TempPathFactory, pki: LocalPKI) -> Iterator[RedisNode]:
-    server = RedisNode(tmp_path_factory.mktemp("redis-tls"), tls=pki).start()
-    yield server
-    server.stop()
+    yield from serving(RedisNode(tmp_path_factory.mktemp("redis-tls"), tls=pki))
 
 
 class Workers:
@@ -131,6 +123,19 @@ def settled_after_a_loss(fh: Client, broker: Any, queue: str, group: list[Worker
         return False
 
 
+def wait_settled(fh: Client, broker: Any, queue: str, group: list[WorkerProcess]) -> None:
+    """Wait for ``settled``; if it never comes, say which half is missing."""
+    try:
+        wait_until(lambda: settled_after_a_loss(fh, broker, queue, group), 60, "the broker and the workers to be done")
+    except AssertionError as exc:
+        try:
+            active = fh.app.control.inspect(destination=[w.node_name for w in group], timeout=2).active()
+        except OSError as error:
+            active = repr(error)
+        detail = broker.alive()[0]._ctl("list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers").stdout if hasattr(broker, "alive") else ""
+        raise AssertionError(f"{exc}: the broker holds {broker.messages(queue)} messages of {queue} {detail}; workers' active tasks: {active}") from None
+
+
 def test_a_rabbitmq_cluster_loses_the_queue_leaders_node_mid_run(cluster: RabbitCluster, result_store: Redis, workers: Any, client: Any) -> None:
     """Quorum queues on 3 nodes; workers and client given all 3 as a failover list, all on the first."""
     queue = f"cluster-{uuid.uuid4().hex[:8]}"
@@ -146,7 +151,7 @@ def test_a_rabbitmq_cluster_loses_the_queue_leaders_node_mid_run(cluster: Rabbit
     tally = ResultTally(result_store_client(result_store))
     try:
         ids, before = run_through_a_kill(fh, queue, tally, leader.kill9)
-        wait_until(lambda: settled_after_a_loss(fh, cluster, queue, group.all), 60, "the cluster and the workers to be done")
+        wait_settled(fh, cluster, queue, group.all)
         assert tally.of(ids) == {1: TASKS}, f"results per task: {tally.of(ids)}"
     finally:
         tally.close()
@@ -177,7 +182,7 @@ def test_redis_sentinel_fails_the_primary_over_mid_run(sentinels: SentinelSet, w
     try:
         ids, before = run_through_a_kill(fh, queue, tally, sentinels.primary.kill9)
         assert sentinels.master_port() == sentinels.replica.port != old_primary
-        wait_until(lambda: settled_after_a_loss(fh, sentinels, queue, group.all), 60, "the broker and the workers to be done")
+        wait_settled(fh, sentinels, queue, group.all)
         assert tally.of(ids) == {1: TASKS}, f"results per task: {tally.of(ids)}"
     finally:
         tally.close()

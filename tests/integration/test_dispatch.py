@@ -23,7 +23,7 @@ import pytest
 import redis as redis_lib
 import yaml
 
-from dispatch_support import MostRunning, RabbitMQ, Redis, LocalPKI, tcp_client_ports, WorkerProcess, counted_task, discard_left_tasks, runs_of, settled, sleep_task, wait_until
+from dispatch_support import MostRunning, RabbitMQ, Redis, LocalPKI, tcp_client_ports, WorkerProcess, counted_task, discard_left_tasks, runs_of, serving, settled, sleep_task, wait_until
 from farmhand.client import Client
 from farmhand.config import load_config
 from farmhand.sandbox import ROLE_LABEL, TASK_LABEL
@@ -32,24 +32,18 @@ from support import BUSYBOX
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
-    server = Redis(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
+    yield from serving(Redis(tmp_path_factory.mktemp("redis")))
 
 
 @pytest.fixture(scope="session")
 def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
-    server = RabbitMQ(tmp_path_factory.mktemp("rabbitmq")).start()
-    yield server
-    server.stop()
+    yield from serving(RabbitMQ(tmp_path_factory.mktemp("rabbitmq")))
 
 
 @pytest.fixture(scope="session")
 def rabbitmq_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
     """RabbitMQ listening on TLS alone and requiring a client certificate of the test CA."""
-    server = RabbitMQ(tmp_path_factory.mktemp("rabbitmq-tls"), tls=LocalPKI(tmp_path_factory.mktemp("pki"))).start()
-    yield server
-    server.stop()
+    yield from serving(RabbitMQ(tmp_path_factory.mktemp("rabbitmq-tls"), tls=LocalPKI(tmp_path_factory.mktemp("pki"))))
 
 
 class Farm:
@@ -264,6 +258,8 @@ def test_kill_9_in_each_stage_gives_exactly_one_result_and_no_orphan(stage: str,
         task["services"] = [{"name": "db", "image": BUSYBOX, "command": ["sh", "-c", "sleep 3; touch /ready; sleep 600"], "readiness": {"command": ["test", "-e", "/ready"], "timeout": 60, "interval": 0.2}}]
     elif stage == "run":
         task = counted_task(counter, seconds=6, network="bridge")  # its pooled network goes back after the resume
+        task["command"][-1] += "; echo made-in-run > /made.txt"  # collected from the re-adopted container
+        task["artifacts"] = [{"path": "/made.txt", "name": "made.txt"}]
     else:
         task = counted_task(counter, seconds=0)
         task["command"][-1] += "; head -c 400000000 /dev/zero > /big.bin"
@@ -285,6 +281,8 @@ def test_kill_9_in_each_stage_gives_exactly_one_result_and_no_orphan(stage: str,
     assert any("resumed after the worker restarted" in w for w in doc["warnings"]) or stage == "prepare", doc["warnings"]
     if stage == "upload":
         assert doc["artifacts"][0]["size"] == 400_000_000 and doc["artifacts"][0]["location"]
+    if stage == "run":
+        assert doc["artifacts"][0]["size"] == len("made-in-run\n") and doc["artifacts"][0]["location"], doc["artifacts"]
     # A second result could only come from a report not yet marked done, a delivery still held, or a run in progress.
     wait_until(lambda: worker.journal_reported(task_id) and settled(fh.app, redis_server, queue, [worker]), 60, "the worker to be done with the task")
     assert results.count() == 1
@@ -520,6 +518,25 @@ def test_a_task_cancelled_while_queued_never_runs_across_restarts(broker: str, r
     wait_until(lambda: worker.journal_stage(queued.task_id) == "finished", 30, "the worker to take and discard the cancelled task")
     assert runs_of(client, queued_counter) == 0, "the cancelled task ran"
     assert runs_of(client, busy_counter) == 1
+
+
+@pytest.mark.parametrize("broker", ["rabbitmq", "redis"])
+def test_a_task_cancelled_while_no_worker_runs_never_runs(broker: str, request: pytest.FixtureRequest, farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
+    """The cancel broadcast reaches nobody while every worker is down: the mark in the result store does."""
+    env = {"BROKER_URL": request.getfixturevalue("redis_server" if broker == "redis" else "rabbitmq").url, "RESULT_BACKEND": request.getfixturevalue("redis_server").url}
+    farm = farm_factory(env)
+    worker = farm.worker(concurrency=1)
+    fh = farm.client()
+    worker.signal(signal.SIGTERM)
+    worker.wait(30)
+    counter = f"cancel-down-{uuid.uuid4().hex[:8]}"
+    queued = fh.submit(counted_task(counter))
+    assert fh.cancel(queued.task_id) == "revoked", "no worker is up to answer"
+    worker.start()
+    never = queued.result(timeout=60)
+    assert (never["state"], never["reason"]) == ("exception", "cancelled"), never
+    assert fh.submit(hello()).result(timeout=60)["state"] == "succeeded"
+    assert runs_of(client, counter) == 0, "the cancelled task ran"
 
 
 @pytest.mark.parametrize("broker", ["rabbitmq", "redis"])

@@ -54,6 +54,7 @@ class FakeDocker:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(prepare, "ensure_image", self.ensure_image)
+        monkeypatch.setattr(prepare.image_usage, "local_id", lambda client, ref: None)  # nothing is on the fake host before its pull
         monkeypatch.setattr(engine, "run_container", self.run_container)
         monkeypatch.setattr(engine, "adopt_container", self.adopt_container)
         fake_sandbox = SimpleNamespace(

@@ -179,7 +179,7 @@ def test_the_node_scopes_a_task_by_the_queue_it_came_from(make_config) -> None:
     from farmhand.dispatch.node import Node
 
     cfg = make_config()
-    node = SimpleNamespace(config=cfg, client=mock.Mock(), networks=mock.Mock())
+    node = SimpleNamespace(config=cfg, client=mock.Mock(), networks=mock.Mock(), devices=mock.Mock())
     assert Node.engine_for(node, "t1", {"queue": "small"}).cache_scope == "small"
     assert Node.engine_for(node, "t2", {"queue": "large"}).cache_scope == "large"
     unknown = Node.engine_for(node, "t3", {}).cache_scope

@@ -62,6 +62,7 @@ def full_task() -> dict[str, Any]:
         "cap_add": ["SYS_PTRACE"],
         "mounts": [{"source": "/srv/data", "target": "/data", "read_only": False}],
         "devices": ["/dev/fuse"],
+        "loopback_devices": {"video": True, "audio": False},
     }
 
 
@@ -121,6 +122,7 @@ def test_full_task_parses_to_typed_values() -> None:
     assert t.cap_add == ("SYS_PTRACE",)
     assert t.mounts == (Mount(source="/srv/data", target="/data", read_only=False),)
     assert t.devices == ("/dev/fuse",)
+    assert t.loopback_devices == ("video",)
 
 
 def test_defaults_of_a_minimal_task() -> None:

@@ -39,6 +39,7 @@ class Attempt:
     uploader: Uploader | None = None  # built once, in prepare; a resumed task builds it when it uploads
     options: dict[str, Any] | None = None  # the container's options, made in prepare for the run stage
     lock: IO[str] | None = None  # held while this process drives the task: a second one is refused
+    devices: list[Any] | None = None  # loopback devices held (farmhand.devices; journaled in the workspace's devices.json)
 
     def checkpoint(self, stage: str) -> None:
         assert self.workspace is not None

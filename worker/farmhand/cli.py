@@ -82,6 +82,10 @@ def _summary(doc: dict[str, Any]) -> str:
 
 def _startup_checks(config: WorkerConfig) -> None:
     """What must be right before any work starts: the SSH key and known_hosts of sftp:// warehouses."""
+    from urllib.parse import urlsplit
+
+    if not any(urlsplit(t).scheme == "sftp" for t in [config.upload_default, *config.upload_allowed_targets]):
+        return  # the SFTP uploader (paramiko: bench/README.md, idle RSS) loads with the first sftp:// upload
     from farmhand.uploaders.sftp import check_startup
 
     check_startup(config)
@@ -255,6 +259,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from farmhand.dispatch.node import Node, set_current
     from farmhand.dispatch.settings import check_tls
 
+    import faulthandler
+
+    faulthandler.enable()  # SIGABRT from systemd's watchdog: every thread's stack goes to the journal first
     config = load_config(args.config)
     _startup_checks(config)
     check_tls(config)
@@ -268,6 +275,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     node = Node(make_app(config), config, client)
     set_current(node)
     logging.getLogger("farmhand").setLevel(logging.INFO)
+    from farmhand.observe_http import start_for_worker
+
+    observer = start_for_worker(config, node, client)  # /metrics, /tasks: before any task is resumed
     node.recover()
     node.start_housekeeping()
     try:
@@ -275,7 +285,102 @@ def cmd_worker(args: argparse.Namespace) -> int:
     finally:
         node.stop_housekeeping()
         node.close_networks()
+        if observer is not None:
+            observer.stop()
         held.close()
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """A task's log on this host, as stored (masked); with -f, followed until the task's log is final."""
+    from farmhand.live_log import LiveLog, LogUnavailable, SinceFilter, since_stamp, workspace_of
+
+    config = load_config(args.config)
+    try:
+        keep = SinceFilter(since_stamp(args.since)) if args.since else None
+    except ValueError as exc:
+        print(f"farmhand: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    out = sys.stdout.buffer
+    try:
+        reader = LiveLog(workspace_of(config.tasks_dir, args.task_id))
+        reader.check()
+        for data in reader.chunks(follow=args.follow):
+            out.write(keep.feed(data) if keep else data)
+            out.flush()
+        if keep:
+            out.write(keep.flush())
+    except LogUnavailable as exc:
+        print(f"farmhand: {exc.message}", file=sys.stderr)
+        return EXIT_INVALID if exc.status in (400, 404) else EXIT["exception"]
+    except BrokenPipeError:  # | head
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    out.flush()
+    return 0
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    """The tasks running on this node: from WORKING_DIR and Docker, whether a worker runs or not."""
+    from farmhand import ps
+
+    config = load_config(args.config)
+    try:
+        client = connect(config)
+    except Exception as exc:  # noqa: BLE001 - the working dir alone still says what runs
+        client = None
+        problems = [f"docker: {getattr(exc, 'message', exc)}"]
+    else:
+        problems = []
+    rows, more = ps.running_tasks(config.tasks_dir, client)
+    problems += more
+    if args.json:
+        json.dump({"tasks": rows, "problems": problems}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(ps.table(rows) if rows else f"no task runs on this host ({config.tasks_dir})")
+        for problem in problems:
+            print(f"farmhand: {problem}", file=sys.stderr)
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    """One garbage collection pass, as the worker makes them: each item with its size and why; --dry-run removes nothing."""
+    from farmhand import gc
+    from farmhand.dispatch.settings import node_name
+    from docker.errors import DockerException
+
+    from farmhand.docker_client import error_text
+    from farmhand.gc_pass import Collector, lock_held
+
+    config = load_config(args.config)
+    client = connect(config)
+    name = node_name(config)
+    # A running worker's pool keeps its idle networks on purpose.
+    live = frozenset({name}) if lock_held(config.working_dir / WORKER_LOCK) else frozenset()
+    try:
+        report = Collector(config, client, owners=frozenset({name, "farmhand"}), live=live).run(dry_run=args.dry_run)
+    except DockerException as exc:
+        print(f"farmhand: gc: Docker engine error: {error_text(exc)}", file=sys.stderr)
+        return EXIT["exception"]
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for fs in report.before:
+            share = f" ({100 * fs.free / fs.total:.0f}%)" if fs.total else ""
+            inodes = f", {fs.free_inodes} inodes free" if fs.inodes else ""
+            print(f"{fs.name}: {fs.path}: {gc.human(fs.free)} free of {gc.human(fs.total)}{share}{inodes}")
+        for done in report.items:
+            detail = f" ({done.detail})" if done.detail else ""
+            print(f"{done.outcome}: {done.item.kind} {done.item.name}, {gc.human(done.item.size)}: {done.item.reason}{detail}")
+        if not report.items:
+            print("nothing to remove: every filesystem is above its threshold and nothing is older than gc.retention")
+        print(f"kept {len(report.kept)} item(s) farmhand did not make or a task needs (--json says each and why)")
+        freed = "would free" if args.dry_run else "freed"
+        state = "the node takes tasks" if report.accepting else f"the node takes no tasks: {report.reason}"
+        print(f"{freed} {gc.human(report.freed if not args.dry_run else sum(o.item.size for o in report.items))}; {state}")
+    failed = any(o.outcome == "failed" for o in report.items)
+    return EXIT["exception"] if failed or not report.accepting else 0
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -435,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_keys_show)
 
     wk = sub.add_parser("worker", help="serve the configured queues (a Celery node); SIGTERM leaves running tasks to the next start, SIGQUIT drains")
+    wk.add_argument("--log-format", choices=("text", "json"), help="stderr as text, or one JSON object a line for journald and log shippers (default: $LOG_FORMAT, else text)")
     wk.set_defaults(func=cmd_worker)
 
     sbm = sub.add_parser("submit", help="queue a task for the workers; prints its task_id")
@@ -445,6 +551,21 @@ def build_parser() -> argparse.ArgumentParser:
     sbm.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
     sbm.add_argument("--json", action="store_true", help="stdout is one JSON object: task_id and, when known, the result")
     sbm.set_defaults(func=cmd_submit)
+
+    lg = sub.add_parser("logs", help="a task's log on this host (masked as stored); -f follows a running task until it ends")
+    lg.add_argument("task_id", metavar="TASK_ID")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing while the task runs")
+    lg.add_argument("--since", metavar="T", help="only lines from T on: a duration back from now (90s, 10m, 2h, 1d) or a time (2026-11-29T15:00:00Z)")
+    lg.set_defaults(func=cmd_logs)
+
+    gcp = sub.add_parser("gc", help="one garbage collection pass (images farmhand pulled, caches, old results...): each item, its size and why")
+    gcp.add_argument("--dry-run", action="store_true", help="show what the pass would remove; remove nothing")
+    gcp.add_argument("--json", action="store_true", help="the pass as one JSON document: filesystems, items with outcome, what is kept and why")
+    gcp.set_defaults(func=cmd_gc)
+
+    pss = sub.add_parser("ps", help="the tasks running on this node: stage, age, container, memory")
+    pss.add_argument("--json", action="store_true")
+    pss.set_defaults(func=cmd_ps)
 
     st = sub.add_parser("status", help="a submitted task's state, or its result once it has one")
     st.add_argument("task_id", type=task_id_argument)
@@ -496,7 +617,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "worker":
+        args.log_format = args.log_format or os.environ.get("LOG_FORMAT") or "text"
+        if args.log_format not in ("text", "json"):
+            parser.error(f"LOG_FORMAT: {args.log_format!r} is not a log format (text or json)")
+    if getattr(args, "log_format", "text") == "json":
+        from farmhand import log_format
+
+        log_format.configure_json(logging.DEBUG if args.verbose else logging.WARNING)
+    else:
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.Formatter.converter = time.gmtime
     try:
         return int(args.func(args))

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from farmhand.documents import DocumentError, read_document
 from farmhand.errors import ConfigError
-from farmhand.resources import Resources, parse_size
+from farmhand.resources import HostCapacity, Resources, parse_size
 from farmhand.validation import errors_for
 
 DEFAULT_CONFIG_PATH = "/etc/farmhand/config.yml"
@@ -34,14 +34,19 @@ DEFAULTS: dict[str, Any] = {
     "images": {"allowed": [], "max_size": "20g", "pull_attempts": 3, "pull_backoff": 2.0},
     "limits": {
         "max_run_time": 86400,
-        "defaults": {"pids": 4096, "shm_size": "64m", "ulimits": {}},
-        "ceilings": {"pids": 65536, "shm_size": "4g", "ulimits": {"nofile": 1048576, "nproc": 65536, "stack": 67108864, "core": 0}},
+        # Shares of this host: a task that names no memory gets half of it, and none may ask for all of it.
+        "defaults": {"memory": "50%", "pids": 4096, "shm_size": "64m", "ulimits": {}},
+        "ceilings": {"cpus": "100%", "memory": "90%", "pids": 65536, "shm_size": "4g", "ulimits": {"nofile": 1048576, "nproc": 65536, "stack": 67108864, "core": 0}},
         "kill_grace": 10,
         "max_prepare_time": 3600,
         "artifacts_max_bytes": "100g",
         "artifacts_max_files": 100000,
+        "device_wait": 600,
     },
-    "allow": {"privileged": False, "capabilities": [], "host_mounts": [], "devices": [], "caches": True},
+    "allow": {"privileged": False, "capabilities": [], "host_mounts": [], "devices": [], "caches": True, "loopback_devices": False},
+    # The pool of per-task loopback devices: the loopback_devices role's card_label, and where every worker
+    # process of this host keeps its claims (one directory for all of them).
+    "loopback_devices": {"video_label": "farmhand-loopback", "lock_dir": "/run/farmhand/devices"},
     "container": {"capabilities": DEFAULT_CAPABILITIES},
     "logs": {"max_bytes": "1g", "compression": "zstd"},
     "upload": {"default": None, "allowed_targets": [], "keep_local": False, "pending_retry_interval": 300},
@@ -53,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
         "backoff": 2.0,
         "backoff_max": 60,
         "streams": 4,
+        "channels": 2,
         "requests_in_flight": 16,
         "request_size": 261120,
         "verify": "stream",
@@ -70,9 +76,21 @@ DEFAULTS: dict[str, Any] = {
         "tls": {"ca": None, "cert": None, "key": None},
         "visibility_timeout": 3600,
         "queue_type": "classic",
+        "master_name": None,
     },
     "firewall": {"enabled": True, "allow": [], "block": ["169.254.0.0/16", "168.63.129.16/32", "100.100.100.200/32"]},
-    "worker": {"node_name": None, "concurrency": None, "queues": ["default"], "drain_grace": 600},
+    # Disk hygiene (farmhand.gc): what may go when free space or inodes run short, and when the node stops taking tasks.
+    "gc": {
+        "enabled": True,
+        "interval": 600,
+        "min_free": "2g",
+        "min_free_inodes": 10000,
+        "retention": 604800,
+        "keep_images": [],
+        "docker": {"data_root": None, "free_space": "10g", "free_percent": 10, "free_inodes": 100000, "free_inodes_percent": 5},
+        "working_dir": {"free_space": "10g", "free_percent": 10, "free_inodes": 100000, "free_inodes_percent": 5},
+    },
+    "worker": {"node_name": None, "concurrency": None, "queues": ["default"], "drain_grace": 600, "metrics_address": "127.0.0.1:9464", "api_token": None},
 }
 
 #: Environment variables that override a config key, with the type to read them as.
@@ -97,10 +115,13 @@ ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "BROKER_TLS_KEY": (("broker", "tls", "key"), str),
     "BROKER_VISIBILITY_TIMEOUT": (("broker", "visibility_timeout"), float),
     "BROKER_QUEUE_TYPE": (("broker", "queue_type"), str),
+    "BROKER_MASTER_NAME": (("broker", "master_name"), str),
     "NODE_NAME": (("worker", "node_name"), str),
     "CONCURRENCY": (("worker", "concurrency"), int),
     "QUEUES": (("worker", "queues"), lambda raw: [q.strip() for q in raw.split(",") if q.strip()]),
     "FARMHAND_DRAIN_GRACE": (("worker", "drain_grace"), float),
+    "FARMHAND_METRICS_ADDRESS": (("worker", "metrics_address"), str),
+    "FARMHAND_API_TOKEN": (("worker", "api_token"), str),
 }
 
 
@@ -115,6 +136,7 @@ class SftpSettings:
     backoff: float
     backoff_max: float
     streams: int
+    channels: int
     requests_in_flight: int
     request_size: int
     verify: str
@@ -130,6 +152,7 @@ class SftpSettings:
             backoff=float(doc["backoff"]),
             backoff_max=float(doc["backoff_max"]),
             streams=int(doc["streams"]),
+            channels=int(doc["channels"]),
             requests_in_flight=int(doc["requests_in_flight"]),
             request_size=int(parse_size(doc["request_size"]) or 0),
             verify=str(doc["verify"]),
@@ -159,12 +182,14 @@ class BrokerSettings:
     tls_key: str | None
     visibility_timeout: float
     queue_type: str
+    master_name: str | None
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> "BrokerSettings":
         tls = doc["tls"] or {}
+        url = doc["url"]
         return cls(
-            url=doc["url"],
+            url=";".join(url) if isinstance(url, list) else url,  # a failover list, as kombu reads it
             result_backend=doc["result_backend"],
             transport=doc["transport"],
             host=doc["host"],
@@ -177,6 +202,7 @@ class BrokerSettings:
             tls_key=tls.get("key"),
             visibility_timeout=float(doc["visibility_timeout"]),
             queue_type=doc["queue_type"],
+            master_name=doc["master_name"],
         )
 
 
@@ -194,6 +220,55 @@ class FirewallSettings:
 
 
 @dataclass(frozen=True)
+class FreeThreshold:
+    """Free space and inodes a filesystem should keep; under either (absolute or percent, the larger
+    of the two) the garbage collector removes what it may. 0 turns a bound off."""
+
+    free_space: int
+    free_percent: float
+    free_inodes: int
+    free_inodes_percent: float
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> "FreeThreshold":
+        return cls(
+            free_space=int(parse_size(doc["free_space"]) or 0),
+            free_percent=float(doc["free_percent"]),
+            free_inodes=int(doc["free_inodes"]),
+            free_inodes_percent=float(doc["free_inodes_percent"]),
+        )
+
+
+@dataclass(frozen=True)
+class GcSettings:
+    """The ``gc`` section of config-v1.json: see ``farmhand.gc``."""
+
+    enabled: bool
+    interval: float
+    min_free: int
+    min_free_inodes: int
+    retention: float | None
+    keep_images: tuple[str, ...]
+    docker_root: str | None
+    docker: FreeThreshold
+    working_dir: FreeThreshold
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> "GcSettings":
+        return cls(
+            enabled=bool(doc["enabled"]),
+            interval=float(doc["interval"]),
+            min_free=int(parse_size(doc["min_free"]) or 0),
+            min_free_inodes=int(doc["min_free_inodes"]),
+            retention=None if doc["retention"] is None else float(doc["retention"]),
+            keep_images=tuple(doc["keep_images"]),
+            docker_root=doc["docker"]["data_root"] or None,
+            docker=FreeThreshold.from_doc(doc["docker"]),
+            working_dir=FreeThreshold.from_doc(doc["working_dir"]),
+        )
+
+
+@dataclass(frozen=True)
 class NodeSettings:
     """How this host serves the dispatcher: its name, slots and queues."""
 
@@ -201,6 +276,10 @@ class NodeSettings:
     concurrency: int | None
     queues: tuple[str, ...]
     drain_grace: float
+    #: HOST:PORT of /metrics (and /tasks); None when off.
+    metrics_address: str | None
+    #: The bearer token of /tasks and /tasks/ID/log; None: those are off.
+    api_token: str | None
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> "NodeSettings":
@@ -209,6 +288,8 @@ class NodeSettings:
             concurrency=doc["concurrency"],
             queues=tuple(doc["queues"]),
             drain_grace=float(doc["drain_grace"]),
+            metrics_address=doc["metrics_address"] or None,
+            api_token=doc["api_token"] or None,
         )
 
     @property
@@ -309,6 +390,10 @@ class WorkerConfig:
     allowed_capabilities: list[str]
     host_mounts: tuple[HostMountRule, ...]
     allowed_devices: list[str]
+    allow_loopback_devices: bool
+    device_wait: float
+    loopback_video_label: str
+    device_lock_dir: Path
     caches: CachePolicy
     container_capabilities: list[str]
     log_max_bytes: int
@@ -324,6 +409,7 @@ class WorkerConfig:
     broker: BrokerSettings
     node: NodeSettings
     firewall: FirewallSettings
+    gc: GcSettings
 
     @property
     def allowed_host_mounts(self) -> list[str]:
@@ -449,6 +535,7 @@ def _firewall_errors(section: Mapping[str, Any]) -> list[str]:
 def _typed(doc: dict[str, Any], source: str) -> WorkerConfig:
     working_dir = Path(doc["working_dir"])
     limits = doc["limits"]
+    host = HostCapacity.measure()
     upload_default = doc["upload"]["default"] or (working_dir / "warehouse").as_uri() + "/"
     return WorkerConfig(
         working_dir=working_dir,
@@ -461,13 +548,17 @@ def _typed(doc: dict[str, Any], source: str) -> WorkerConfig:
         pull_backoff=float(doc["images"]["pull_backoff"]),
         max_run_time=int(limits["max_run_time"]),
         max_prepare_time=float(limits["max_prepare_time"]),
-        default_resources=Resources.from_doc(limits["defaults"]),
-        ceilings=Resources.from_doc(limits["ceilings"]),
+        default_resources=Resources.from_doc(limits["defaults"], host),
+        ceilings=Resources.from_doc(limits["ceilings"], host),
         kill_grace=float(limits["kill_grace"]),
         allow_privileged=bool(doc["allow"]["privileged"]),
         allowed_capabilities=list(doc["allow"]["capabilities"]),
         host_mounts=tuple(HostMountRule.from_doc(entry) for entry in doc["allow"]["host_mounts"]),
         allowed_devices=list(doc["allow"]["devices"]),
+        allow_loopback_devices=bool(doc["allow"]["loopback_devices"]),
+        device_wait=float(limits["device_wait"]),
+        loopback_video_label=str(doc["loopback_devices"]["video_label"]),
+        device_lock_dir=Path(doc["loopback_devices"]["lock_dir"]),
         caches=CachePolicy.from_doc(doc["allow"]["caches"]),
         container_capabilities=list(doc["container"]["capabilities"]),
         log_max_bytes=int(parse_size(doc["logs"]["max_bytes"]) or 0),
@@ -483,4 +574,5 @@ def _typed(doc: dict[str, Any], source: str) -> WorkerConfig:
         broker=BrokerSettings.from_doc(doc["broker"]),
         node=NodeSettings.from_doc(doc["worker"]),
         firewall=FirewallSettings.from_doc(doc["firewall"]),
+        gc=GcSettings.from_doc(doc["gc"]),
     )

@@ -79,10 +79,16 @@ def resource_options(res: Resources) -> dict[str, Any]:
 
 
 def container_options(
-    config: WorkerConfig, task: Task, resources: Resources, network: str | None, volumes: dict[str, dict[str, str]]
+    config: WorkerConfig,
+    task: Task,
+    resources: Resources,
+    network: str | None,
+    volumes: dict[str, dict[str, str]],
+    loopback: list[str] | None = None,
 ) -> dict[str, Any]:
     """The task container's settings. Host mounts are resolved here, on the host, just before the
-    container is made: a source through a symbolic link, or missing, is refused (``PolicyDenied``)."""
+    container is made: a source through a symbolic link, or missing, is refused (``PolicyDenied``).
+    ``loopback``: docker ``devices`` entries of the loopback devices the task holds (``farmhand.devices``)."""
     opts = hardening(config)
     opts["cap_add"] = sorted(set(opts["cap_add"]) | set(task.cap_add))
     opts.update(resource_options(resources))
@@ -105,7 +111,7 @@ def container_options(
         volumes=volumes or None,
         mounts=host_mounts or None,
         privileged=task.privileged,
-        devices=[f"{d}:{d}:rwm" for d in task.devices] or None,
+        devices=[f"{d}:{d}:rwm" for d in task.devices] + list(loopback or []) or None,
         log_config=task_log_config(config.log_max_bytes),
         detach=True,
     )

@@ -8,10 +8,11 @@ local copies go only once the warehouse has confirmed them.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable
 
-from farmhand import pending
+from farmhand import metrics, pending
 from farmhand.compress import compress_file, compressed_name
 from farmhand.config import WorkerConfig
 from farmhand.errors import TaskProblem
@@ -87,6 +88,7 @@ def ship(
     """
     task_id = result.task_id
     items = upload_items(config, workspace, result)
+    began = time.monotonic()
     try:
         uploader.upload(task_id, items, report)
     except Exception as exc:  # noqa: BLE001 - never lose the files, whatever failed
@@ -100,6 +102,7 @@ def ship(
             kept = f"the files are kept in {workspace} (they could not be queued in {config.pending_dir}: {keep_exc})"
         result.conclude("exception", "upload-failed", f"{text}; {kept}")
         return False
+    metrics.uploaded(sum(item.size for item in items), time.monotonic() - began)
     if result.log is not None:
         log_name = LOG_NAME if result.log.compression is None else compressed_name(LOG_NAME, result.log.compression)
         result.log.location = uploader.location(task_id, log_name)

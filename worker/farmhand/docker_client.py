@@ -16,6 +16,7 @@ to call:
 from __future__ import annotations
 
 import calendar
+import os
 import time
 from typing import Any
 
@@ -30,6 +31,8 @@ from farmhand.errors import ConfigError
 
 def connect(config: WorkerConfig) -> docker.DockerClient:
     """A Docker client for the configured engine, checked to answer."""
+    if (config.docker_base_url or os.environ.get("DOCKER_HOST") or "").startswith("ssh://"):
+        _load_ssh_transport()
     try:
         if config.docker_base_url:
             client = docker.DockerClient(base_url=config.docker_base_url, timeout=int(config.docker_timeout))
@@ -44,6 +47,15 @@ def connect(config: WorkerConfig) -> docker.DockerClient:
         where = config.docker_base_url or "DOCKER_HOST or /var/run/docker.sock"
         raise ConfigError(f"docker: cannot reach the Docker engine at {where}: {exc}") from exc
     return client
+
+
+def _load_ssh_transport() -> None:
+    """docker-py's ``ssh://`` transport, which ``farmhand`` loads docker-py without (it imports paramiko):
+    bound where docker-py's client looks for it, as its own import would have."""
+    import docker.api.client
+    from docker.transport.sshconn import SSHHTTPAdapter
+
+    docker.api.client.SSHHTTPAdapter = SSHHTTPAdapter  # type: ignore[attr-defined]
 
 
 def _split_time(text: str) -> tuple[int, str]:

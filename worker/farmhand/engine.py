@@ -35,6 +35,7 @@ from farmhand.prepare import prepare_docker
 from farmhand.checkpoint import CHECKPOINT_NAME, LOCK_NAME, Attempt, load_checkpoint
 from farmhand.config import WorkerConfig
 from farmhand.container_run import adopt_container, run_container
+from farmhand.devices import DevicePool, journaled
 from farmhand.docker_client import error_text
 from farmhand.errors import Cancelled, PolicyDenied, TaskProblem, UploadFailed, cancel_message
 from farmhand.events import NullReporter, Reporter, StageEvents
@@ -63,8 +64,11 @@ class Engine:
         reporter: Reporter | None = None,
         networks: NetworkPool | None = None,
         cache_scope: str = sandbox.LOCAL_SCOPE,
+        devices: DevicePool | None = None,
     ) -> None:
         self.config = config
+        # The host's loopback devices: a worker discovers them once, at its start; alone, found when a task asks.
+        self._devices = devices
         # Whose cache volumes the task reaches: its queue's (farmhand worker), or run-task's "local".
         self.cache_scope = cache_scope
         self.client = client
@@ -120,6 +124,12 @@ class Engine:
             return self._drive(Attempt(Result(task_id), document=document, requested_id=task_id, lock=lock), "prepare")
         attempt = Attempt.from_checkpoint(workspace, saved, document)
         attempt.lock = lock
+        if journaled(workspace):  # its loopback devices: kept while its container may use them, never handed to another task
+            if stage in ("upload", "finish"):
+                self.device_pool().release(workspace)
+            else:
+                attempt.devices, problems = self.device_pool().readopt(workspace)
+                attempt.result.warnings.extend(f"devices: {p}" for p in problems)
         attempt.result.warnings.append(f"worker: this task was resumed after the worker restarted (in its {stage} stage)")
         return self._drive(attempt, stage)
 
@@ -176,7 +186,16 @@ class Engine:
             ceiling.daemon = True
             ceiling.start()
             try:
-                attempt.options = prepare_docker(self.client, self.config, self.networks, attempt, self.events, self._cancel, cache_scope=self.cache_scope)
+                attempt.options = prepare_docker(
+                    self.client,
+                    self.config,
+                    self.networks,
+                    attempt,
+                    self.events,
+                    self._cancel,
+                    cache_scope=self.cache_scope,
+                    devices=self.device_pool() if task.loopback_devices else None,
+                )
             except Cancelled:
                 raise Cancelled(cancel_message(self._cancel_reason, "while it prepared"), reason=self._cancel_reason) from None
             finally:
@@ -220,6 +239,7 @@ class Engine:
         with self.events.stage(attempt.result, "cleanup") as rec:
             problems = self._discard_docker_objects(attempt.task.task_id, attempt.network)
             attempt.network = None
+            problems += self._release_devices(attempt)
             if problems:
                 rec["outcome"] = "error"
                 attempt.result.warnings.extend(f"cleanup: {p}" for p in problems)
@@ -266,6 +286,27 @@ class Engine:
             raise TaskProblem(f"task_id {task.task_id!r} already ran on this worker (see {ws}/result.json)", reason="duplicate-task-id")
         (ws / delivery.ARTIFACTS_DIR).mkdir(parents=True, exist_ok=True)
         return ws
+
+    def device_pool(self) -> DevicePool:
+        if self._devices is None:
+            self._devices = DevicePool.discover(self.config.loopback_video_label, self.config.device_lock_dir)
+        return self._devices
+
+    def _release_devices(self, attempt: Attempt) -> list[str]:
+        """The task's loopback devices go back once none of its containers is left to use them."""
+        if attempt.workspace is None or attempt.task is None or not journaled(attempt.workspace):
+            return []
+        try:
+            left = self.client.api.containers(all=True, quiet=True, filters={"label": f"{sandbox.TASK_LABEL}={attempt.task.task_id}"})
+        except DockerException as exc:
+            left, reason = [None], f"its containers cannot be listed: {error_text(exc)}"
+        else:
+            reason = "a container of the task could not be removed"
+        if left:
+            return [f"loopback devices {', '.join(journaled(attempt.workspace))} stay held ({reason}); remove the container, then {attempt.workspace / 'devices.json'}"]
+        self.device_pool().release(attempt.workspace)
+        attempt.devices = []
+        return []
 
     def _discard_docker_objects(self, task_id: str, network: str | None) -> list[str]:
         """The task's containers go and its network goes back to the pool; returns what could not be removed."""

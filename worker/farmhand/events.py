@@ -10,6 +10,7 @@ import logging
 from contextlib import contextmanager
 from typing import Any, Iterator, Protocol
 
+from farmhand import metrics
 from farmhand.result import Result
 
 log = logging.getLogger("farmhand.engine")
@@ -54,6 +55,7 @@ class StageEvents:
                 yield rec
         finally:
             rec = result.stages[name]
+            metrics.stage_finished(name, rec["outcome"], rec["duration"])
             self._notify("stage_finished", result.task_id, name, rec["outcome"], rec["duration"])
 
     def _notify(self, method: str, *args: Any, **fields: Any) -> None:

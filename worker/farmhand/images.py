@@ -17,6 +17,7 @@ from docker.auth import resolve_repository_name
 from docker.errors import APIError, DockerException, ImageNotFound
 from docker.utils import parse_repository_tag
 
+from farmhand import metrics
 from farmhand.backoff import backoff_delay
 from farmhand.config import WorkerConfig
 from farmhand.docker_client import error_text
@@ -130,10 +131,12 @@ def ensure_image(
     attempts = max(1, config.pull_attempts)
     last: Exception | None = None
     for attempt in range(1, attempts + 1):
+        began = time.monotonic()
         try:
             _pull_once(client, image, auth, progress)
             found = client.images.get(ref)
         except (APIError, DockerException) as exc:
+            metrics.image_pulled(time.monotonic() - began, ok=False)
             last = exc
             text = error_text(exc)
             if PERMANENT.search(str(text)) or attempt == attempts:
@@ -143,6 +146,7 @@ def ensure_image(
                 report(f"pull failed ({text}); try {attempt + 1} of {attempts} in {delay:.1f}s", {})
             sleep(delay)
         else:
+            metrics.image_pulled(time.monotonic() - began, ok=True)
             return _within_size(config, image, found)
     assert last is not None  # at least one attempt was made
     text = error_text(last)

@@ -127,6 +127,7 @@ class LogPump:
             self._dropped += sum(map(len, frames))
             return
         self._write(fh, self._masker.feed(frames))
+        fh.flush()  # a batch is one read of the stream: on disk at once for `farmhand logs -f` and /tasks/ID/log
 
     def wait(self, timeout: float | None = None) -> LogSummary:
         """Block until the stream ends (the container stopped) or ``timeout`` passes.

@@ -132,6 +132,9 @@ def violations(config: WorkerConfig, task: Task) -> list[str]:
     for dev in task.devices:
         if dev not in config.allowed_devices:
             out.append(f"task.devices: device {dev} is not allowed on this worker")
+    for kind in task.loopback_devices:
+        if not config.allow_loopback_devices:
+            out.append(f"task.loopback_devices.{kind}: loopback devices are not allowed on this worker (allow.loopback_devices)")
     out.extend(_cache_violations(config, task))
     if task.upload is not None and not upload_allowed(config, task.upload):
         out.append(f"task.upload: target {task.upload!r} is not among this worker's allowed upload targets")

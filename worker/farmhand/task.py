@@ -90,6 +90,7 @@ class Task:
     cap_add: tuple[str, ...]
     mounts: tuple[Mount, ...]
     devices: tuple[str, ...]
+    loopback_devices: tuple[str, ...] = ()  # the kinds asked for, in farmhand.devices.KINDS order
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -303,5 +304,6 @@ def parse_task(doc: Any, *, task_id: str | None = None) -> Task:
         cap_add=tuple(doc.get("cap_add", [])),
         mounts=tuple(Mount(m["source"], m["target"], bool(m.get("read_only", _default("mounts", "[]", "read_only")))) for m in doc.get("mounts", [])),
         devices=tuple(doc.get("devices", [])),
+        loopback_devices=tuple(k for k in ("video", "audio") if doc.get("loopback_devices", {}).get(k, _default("loopback_devices", k))),
         raw=dict(doc),
     )

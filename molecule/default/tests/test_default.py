@@ -37,8 +37,9 @@ def test_manager_reports_the_limits(host):
 
 def test_loopback_configuration_without_modules(host):
     modprobe = host.file("/etc/modprobe.d/farmhand-loopback.conf").content_string
-    assert "options v4l2loopback devices=2 video_nr=10,11 exclusive_caps=1,1" in modprobe
-    assert "options snd-aloop enable=1 index=10 pcm_substreams=8" in modprobe
+    # The pools follow farmhand_concurrency (1 here): one camera and one card per task slot.
+    assert "options v4l2loopback devices=1 video_nr=10 exclusive_caps=1 card_label=farmhand-loopback\n" in modprobe
+    assert "options snd-aloop enable=1 index=10 pcm_substreams=8\n" in modprobe
     load = host.file("/etc/modules-load.d/farmhand-loopback.conf").content_string.split()
     assert "v4l2loopback" in load and "snd-aloop" in load
     rule = host.file("/etc/udev/rules.d/70-farmhand-loopback.rules").content_string
@@ -70,7 +71,7 @@ def test_docker_runs_with_its_config_and_limits(host):
     assert info["DockerRootDir"] == "/var/lib/docker" and info["Driver"] == "vfs"
     assert info["LiveRestoreEnabled"] is True
     assert systemd_show(host, "LimitNOFILE", "docker") == "1048576"
-    assert systemd_show(host, "LimitSTACK", "docker") == "infinity"
+    assert systemd_show(host, "LimitSTACK", "docker") == str(16 * 2**20)  # the scenario's docker_limit_stack
 
 
 def test_farmhand_user_and_dirs(host):

@@ -15,11 +15,12 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.exceptions import Ignore
 from celery.worker import state as worker_state
-from celery.worker.control import control_command
+from celery.worker.control import Panel, control_command, inspect_command, ok
 from celery.worker.request import Request
 from celery.worker.strategy import default as default_strategy
 
-from farmhand.config import WorkerConfig
+from farmhand import sd_notify
+from farmhand.config import WorkerConfig, load_config
 from farmhand.dispatch import settings
 from farmhand.dispatch.node import Node, TaskFailed, current, reply_context
 from farmhand.validation import mask_secrets, secrets_of
@@ -98,6 +99,11 @@ class JournalingRequest(Request):
             return
         super().on_accepted(pid, time_accepted)
 
+    def terminate(self, pool: Any, signal: Any = None) -> None:
+        """``celery control revoke --terminate``: the cancellation ``farmhand cancel`` makes (SIGTERM to the
+        container, SIGKILL after the grace, partial log kept, one result), never a signal to the pool."""
+        log.info("cancel %s (revoke --terminate): %s", self.id, current().cancel(self.id))
+
     def _announce_revoked(self, reason: str, terminated: bool, signum: Any, expired: bool) -> None:
         node = current()
         node.cancelled_before_start(self.id, reply_context(self))
@@ -112,9 +118,58 @@ class NodeStep(bootsteps.StartStopStep):
 
     def start(self, c: Any) -> None:
         current().attach_consumer(c)
+        if _watchdog is not None:
+            _watchdog.schedule = c.call_soon  # fed from the consumer's loop: a hung loop goes unfed
 
     def stop(self, c: Any) -> None:
         current().detach_consumer()
+        if _watchdog is not None:
+            _watchdog.schedule = None
+
+
+#: systemd's watchdog, fed while `farmhand worker` runs under a unit with WatchdogSec=.
+_watchdog: sd_notify.Watchdog | None = None
+_celery_revoke = Panel.data["revoke"]
+_celery_active = Panel.data["active"]
+
+
+@inspect_command(name="active", alias="dump_active")
+def active(state: Any, safe: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+    """Celery's active list, and the tasks this process resumed after a restart (no Celery request of
+    their own), in the same shape: `celery inspect active` and Flower see every task the node runs."""
+    listed: list[dict[str, Any]] = list(_celery_active(state, safe=safe, **kwargs))
+    node, seen = current(), {task["id"] for task in listed}
+    for task_id in node.running():
+        entry = None if task_id in seen or task_id in worker_state.requests else node.journal.get(task_id)
+        if entry is not None:
+            listed.append({
+                "id": task_id, "name": settings.TASK_NAME, "type": settings.TASK_NAME, "hostname": node.name,
+                "args": shown_arguments([entry.document]), "kwargs": "{}", "time_start": entry.accepted_at,
+                "acknowledged": True, "delivery_info": {"routing_key": entry.context.get("queue"), "redelivered": False},
+                "worker_pid": None, "resumed": True,
+            })
+    return listed
+
+
+@control_command(name="revoke", variadic="task_id", signature="[id1 [id2 [... [idN]]]]")
+def revoke(state: Any, task_id: Any, terminate: bool = False, signal: str | None = None, **kwargs: Any) -> Any:
+    """Celery's revoke; ``--terminate`` also cancels a task this process resumed after a restart, which
+    has no Celery request of its own to terminate."""
+    reply = _celery_revoke(state, task_id, terminate=terminate, signal=signal, **kwargs)
+    if not terminate:
+        return reply
+    node = current()
+    ids = [task_id] if isinstance(task_id, str) else list(task_id or [])
+    adopted = [t for t in ids if t not in worker_state.requests and t in node.running()]
+    for t in adopted:
+        log.info("cancel %s (revoke --terminate): %s", t, node.cancel(t))
+    return ok("terminate: {}".format(", ".join(adopted))) if adopted and "unknown" in str(reply) else reply
+
+
+@control_command(name="terminate", variadic="task_id", args=[("signal", str)], signature="<signal> [id1 [id2 [... [idN]]]]")
+def terminate(state: Any, signal: str, task_id: Any, **kwargs: Any) -> Any:
+    """`celery control terminate SIGNAL ID`: revoke --terminate (whatever the signal: a task is cancelled, never signalled)."""
+    return revoke(state, task_id, terminate=True, signal=signal)
 
 
 @control_command(args=[("task_id", str)], signature="<task_id>")
@@ -165,15 +220,23 @@ def make_app(config: WorkerConfig) -> Celery:
 
 def run_worker(config: WorkerConfig, node: Node, loglevel: str = "INFO") -> int:
     """Serve the configured queues until drained (exit 0) or detached by SIGTERM (exit 0, tasks left running)."""
+    global _watchdog
     app = node.app
     base = app.Worker
+    interval = sd_notify.watchdog_interval()
+    if interval is not None:
+        _watchdog = sd_notify.Watchdog(interval).start()
 
     class FarmhandWorker(base):  # type: ignore[misc, valid-type]
         def install_platform_tweaks(self, worker: Any) -> None:
             super().install_platform_tweaks(worker)
-            signal.signal(signal.SIGTERM, lambda *_: node.detach())
+            signal.signal(signal.SIGTERM, lambda *_: (sd_notify.notify("STOPPING=1"), node.detach()))
             signal.signal(signal.SIGINT, lambda *_: node.detach())
-            signal.signal(signal.SIGQUIT, lambda *_: node.drain())
+            signal.signal(signal.SIGQUIT, lambda *_: (sd_notify.notify("STOPPING=1", "STATUS=draining"), node.drain()))
+
+        def on_consumer_ready(self, consumer: Any) -> None:
+            super().on_consumer_ready(consumer)
+            sd_notify.notify("READY=1", f"STATUS=consuming {', '.join(config.node.queues)} with {node.slots} slot(s)")
 
     worker = FarmhandWorker(
         hostname=node.name,
@@ -187,3 +250,13 @@ def run_worker(config: WorkerConfig, node: Node, loglevel: str = "INFO") -> int:
     )
     worker.start()
     return int(worker.exitcode or 0)
+
+
+def __getattr__(name: str) -> Any:
+    """``celery -A farmhand.dispatch.app inspect active`` (or control, events, flower): the app of this
+    host's config ($FARMHAND_CONFIG and the environment, as `farmhand worker` reads them)."""
+    if name == "app":
+        global app
+        app = make_app(load_config())
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

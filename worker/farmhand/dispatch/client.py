@@ -20,7 +20,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 
 from farmhand.config import WorkerConfig, load_config
-from farmhand.dispatch import settings
+from farmhand.dispatch import cancel_marks, settings
 from farmhand.dispatch.app import make_app, shown_arguments
 from farmhand.dispatch.journal import Journal
 from farmhand.errors import ConfigError
@@ -107,6 +107,8 @@ class Client:
             # The embedded broker cannot broadcast; the worker on this machine reads its journal's requests.
             Journal(self.config.journal_path).request("cancel", task_id)
             return "requested"
+        # First the mark a worker that is not up yet reads, then the broadcast to those that are.
+        cancel_marks.mark(self.app, task_id)
         self.app.control.revoke(task_id)
         replies = self.app.control.broadcast("farmhand_cancel", arguments={"task_id": task_id}, reply=True, timeout=1.0)
         return "cancelling" if any(r.get("ok") == "cancelling" for reply in replies for r in reply.values()) else "revoked"

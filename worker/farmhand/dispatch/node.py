@@ -34,11 +34,12 @@ import docker
 from celery import Celery
 from celery.worker import state as worker_state
 
-from farmhand import pending
+from farmhand import log_format, metrics, pending
 from farmhand.config import WorkerConfig
-from farmhand.dispatch import settings, wake
+from farmhand.dispatch import cancel_marks, settings, wake
 from farmhand.engine import Engine
 from farmhand.dispatch.journal import Journal
+from farmhand.devices import DevicePool
 from farmhand.network_pool import NetworkPool
 from farmhand.result import Result, never_ran
 from farmhand.task import task_id_problem
@@ -83,6 +84,8 @@ class StageReporter:
         self._state: str | None = None
 
     def stage_started(self, task_id: str, stage: str) -> None:
+        log_format.bind(task_id, stage)  # this thread's lines are about the task now (--log-format json)
+        log.info("%s %s: started", task_id, stage, extra={"task_id": task_id, "stage": stage, "event": "stage-started"})
         self.node.journal.set_stage(task_id, stage)
         state = STATE_OF_STAGE.get(stage)
         if state and state != self._state:
@@ -91,10 +94,11 @@ class StageReporter:
         self.node.send_event("task-stage", uuid=task_id, stage=stage, status="started")
 
     def stage_finished(self, task_id: str, stage: str, outcome: str, duration: float) -> None:
+        log.info("%s %s: %s in %.2fs", task_id, stage, outcome, duration, extra={"task_id": task_id, "stage": stage, "event": "stage-finished"})
         self.node.send_event("task-stage", uuid=task_id, stage=stage, status="finished", outcome=outcome, duration=duration)
 
     def progress(self, task_id: str, stage: str, message: str, **fields: Any) -> None:
-        log.info("%s %s: %s", task_id, stage, message)
+        log.info("%s %s: %s", task_id, stage, message, extra={"task_id": task_id, "stage": stage, "event": "progress"})
 
 
 class Node:
@@ -120,6 +124,10 @@ class Node:
         self._stop = threading.Event()
         self._retrier = pending.BackgroundRetrier(config)
         self.networks = NetworkPool(client, owner=self.name, keep=self.slots)
+        # Disk hygiene (farmhand.gc): made by start_housekeeping; while None, the node takes tasks.
+        self.disk: Any = None
+        # Found once, at start: the loopback devices this host hands to tasks, one task each.
+        self.devices = DevicePool.discover(config.loopback_video_label, config.device_lock_dir)
         self._wake_dir: Path | None = None
         if settings.is_embedded(config):
             from farmhand.dispatch.sqlite_transport import wake_directory
@@ -154,12 +162,21 @@ class Node:
 
     def engine_for(self, task_id: str, context: dict[str, Any]) -> Engine:
         """An engine for one task; its caches are scoped by the queue it came from (a delivery that does not say: ``unrouted``)."""
-        return Engine(self.config, self.client, StageReporter(self, task_id, context), self.networks, cache_scope=context.get("queue") or UNROUTED_SCOPE)
+        return Engine(
+            self.config,
+            self.client,
+            StageReporter(self, task_id, context),
+            self.networks,
+            cache_scope=context.get("queue") or UNROUTED_SCOPE,
+            devices=self.devices,
+        )
 
     def execute(self, task_id: str, document: Any, context: dict[str, Any]) -> dict[str, Any]:
         engine = self.engine_for(task_id, context)
         with self._running(task_id, engine):
-            if self.journal.is_revoked(task_id):  # cancelled between its journaling and now: it never starts
+            if self.disk is not None:  # collect first when a threshold is crossed; under gc.min_free wait for space
+                self.disk.before_task(lambda: self.journal.is_revoked(task_id))
+            if self.is_revoked(task_id):  # cancelled between its journaling and now: it never starts
                 return self.conclude(task_id, never_ran(task_id), context)
             result = engine.run(document, task_id=task_id).to_dict()
             return self.conclude(task_id, result, context)
@@ -183,13 +200,22 @@ class Node:
             self.conclude(task_id, never_ran(task_id), context)
 
     def is_revoked(self, task_id: str) -> bool:
-        return self.journal.is_revoked(task_id)
+        """Cancelled through this node (its journal), or while no worker was up to hear it (the result store's mark)."""
+        if self.journal.is_revoked(task_id):
+            return True
+        if cancel_marks.is_marked(self.app, task_id):
+            self.journal.revoke(task_id)  # kept here too: the mark expires with the results
+            return True
+        return False
 
     # -- results --------------------------------------------------------------------
     def conclude(self, task_id: str, result: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
         """Record, then report: a crash between the two is healed by reporting again."""
         self.journal.record_result(task_id, result)
+        metrics.task_finished(result.get("state", "exception"), result.get("reason"))
         self._report_safely(task_id, result, context)
+        log.info("%s: %s%s", task_id, result.get("state"), f" ({result['reason']})" if result.get("reason") else "", extra={"task_id": task_id, "event": "task-concluded"})
+        log_format.bind(None)
         return result
 
     def _report_safely(self, task_id: str, result: dict[str, Any], context: dict[str, Any]) -> None:
@@ -241,7 +267,7 @@ class Node:
         with self._lock:
             if task_id in self._held:
                 return "copy"
-            if len(self._held) >= self.slots or self.draining.is_set():
+            if len(self._held) >= self.slots or self.draining.is_set() or not self.takes_tasks():
                 return "full"
             self._held.add(task_id)
         self._follow_slots()
@@ -286,7 +312,7 @@ class Node:
             if consumer is not self._consumer:
                 return
             free = self.slots - len(self._held)
-            want = free > 0 and not self.draining.is_set()
+            want = free > 0 and not self.draining.is_set() and self.takes_tasks()
             changed, self._consuming = want != self._consuming, want
         if self._sets_prefetch and consumer.qos is not None:
             delta = max(1, free) - consumer.qos.value
@@ -301,9 +327,24 @@ class Node:
                 else:
                     consumer.cancel_task_queue(queue)
 
+    def takes_tasks(self) -> bool:
+        """False while the disk is under gc.min_free after collecting (``disk.reason`` says why)."""
+        return self.disk is None or bool(self.disk.accepting)
+
+    def _disk_changed(self, accepting: bool, reason: str) -> None:
+        """The node stops consuming while the disk is short, and consumes again (and fetches what waits) once space is back."""
+        self._follow_slots()
+        if accepting and self._wake_dir is not None:
+            wake.notify(self._wake_dir, "consumer")
+
     def running(self) -> list[str]:
         with self._lock:
             return sorted(self._engines)
+
+    def busy_slots(self) -> int:
+        """Slots held by a task: admitted and waiting to start, running, or resumed."""
+        with self._lock:
+            return len(self._held)
 
     @contextmanager
     def _running(self, task_id: str, engine: Engine) -> Iterator[None]:
@@ -325,6 +366,8 @@ class Node:
             given_back = restore_unacknowledged(settings.broker_url(self.config))
             if given_back:
                 log.info("%d task message(s) taken by an earlier process and never acknowledged are queued again", given_back)
+        if self.config.allow_loopback_devices:
+            log.info("loopback devices: %s", "; ".join(self.devices.describe()) or "none found on this host")
         swept = self.networks.sweep()
         if swept:
             log.info("removed %d idle task network(s) an earlier process of this node left", swept)
@@ -403,12 +446,19 @@ class Node:
 
     # -- housekeeping -------------------------------------------------------------------
     def start_housekeeping(self) -> None:
-        """Local requests (cancel, drain) from commands on this host; results whose report failed; pending uploads."""
+        """Local requests (cancel, drain) from commands on this host; results whose report failed; pending uploads;
+        garbage collection."""
+        from farmhand.gc_pass import Collector, DiskGuard
+
         self._retrier.start()
+        collector = Collector(self.config, self.client, owners=frozenset({self.name, "farmhand"}), live=frozenset({self.name}))
+        self.disk = DiskGuard(collector, on_change=self._disk_changed).start()
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
 
     def stop_housekeeping(self) -> None:
         self._stop.set()
+        if self.disk is not None:
+            self.disk.stop()
         self._retrier.stop()
 
     def _housekeeping(self) -> None:

@@ -22,18 +22,29 @@ TASK_NAME = "farmhand.run_task"
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "redis": 6379, "rediss": 6379}
 EMBEDDED_SCHEME = "farmhand"  # farmhand+sqlite:///PATH, the embedded broker
 
+FAILOVER_SEPARATOR = ";"  # kombu's and Celery's own: amqp://a//;amqp://b// is a list of nodes, tried in turn
+SENTINEL = "sentinel"  # sentinel://HOST:PORT;sentinel://..., with broker.master_name: Redis Sentinel
 EMBEDDED_RESULTS = "farmhand-files"  # farmhand-files+file:///DIR, its result store
-# By name, so SQLAlchemy (the largest import of all; bench/README.md) is loaded only by a worker that uses the embedded broker.
+# By name, so the embedded broker's transport and result store load only where they are used.
 TRANSPORT_ALIASES.setdefault(EMBEDDED_SCHEME, "farmhand.dispatch.sqlite_transport:Transport")
 BACKEND_ALIASES.setdefault(EMBEDDED_RESULTS, "farmhand.dispatch.embedded_results:ResultStore")
 
 
 def broker_url(config: WorkerConfig) -> str:
-    """BROKER_URL, else one made of host/port/vhost parts, else the embedded SQLite broker."""
+    """BROKER_URL, else one made of host/port/vhost parts, else the embedded SQLite broker.
+
+    BROKER_URL may list several URLs, ``;``-separated (a list in the config
+    file): the nodes of a RabbitMQ cluster, which kombu fails over between, or
+    the sentinels of a Redis Sentinel set.
+    """
     b = config.broker
     tls = b.tls_ca is not None
     if b.url:
-        return _with_credentials(b.url, b.username, b.password)
+        urls = split_urls(b.url)
+        schemes = {urlsplit(u).scheme.replace("pyamqp", "amqp") for u in urls}
+        if len(schemes) > 1:
+            raise ConfigError(f"broker.url: the URLs of one broker share a scheme; this list mixes {', '.join(sorted(schemes))} ({shown(b.url)})")
+        return FAILOVER_SEPARATOR.join(_with_credentials(u, b.username, b.password) for u in urls)
     if b.host:
         scheme = {"amqp": "amqps" if tls else "amqp", "redis": "rediss" if tls else "redis"}[b.transport]
         port = b.port or DEFAULT_PORTS[scheme]
@@ -56,14 +67,34 @@ def result_backend(config: WorkerConfig) -> str:
     return f"{EMBEDDED_RESULTS}+file://{config.working_dir / 'results'}"
 
 
+def split_urls(url: str) -> list[str]:
+    """The URLs of a ``;``-separated failover list (one URL is a list of one)."""
+    return [u.strip() for u in url.split(FAILOVER_SEPARATOR) if u.strip()]
+
+
 def transport_kind(url: str) -> str:
-    """amqp, redis or sql: what decides fanout, prefetch control and event support."""
-    scheme = urlsplit(url).scheme
+    """amqp, redis or sql: what decides fanout, prefetch control and event support (Sentinel is Redis)."""
+    scheme = urlsplit(split_urls(url)[0] if url.strip() else url).scheme
     if scheme in ("amqp", "amqps", "pyamqp"):
         return "amqp"
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", SENTINEL):
         return "redis"
     return "sql"
+
+
+def is_sentinel(url: str) -> bool:
+    return url.strip().startswith(f"{SENTINEL}://")
+
+
+def master_name(config: WorkerConfig, field: str) -> str:
+    """The primary the sentinels are asked for; ``field`` names the sentinel:// URL that needs it."""
+    name = config.broker.master_name
+    if not name:
+        raise ConfigError(
+            f"broker.master_name: {field} lists Redis sentinels ({SENTINEL}://); give the name of the primary they "
+            "monitor (their `sentinel monitor NAME ...`) as broker.master_name or BROKER_MASTER_NAME"
+        )
+    return name
 
 
 def is_embedded(config: WorkerConfig) -> bool:
@@ -75,7 +106,9 @@ def node_name(config: WorkerConfig) -> str:
 
 
 def shown(url: str) -> str:
-    """A URL fit for logs and messages: the password replaced."""
+    """A URL (or a failover list of them) fit for logs and messages: the passwords replaced."""
+    if FAILOVER_SEPARATOR in url and "://" in url:
+        return FAILOVER_SEPARATOR.join(str(maybe_sanitize_url(u)) for u in split_urls(url))
     return str(maybe_sanitize_url(url))
 
 
@@ -88,13 +121,21 @@ def _with_credentials(url: str, username: str | None, password: str | None) -> s
     return urlunsplit((parts.scheme, f"{auth}@{parts.netloc}", parts.path, parts.query, parts.fragment))
 
 
-def probe_broker(config: WorkerConfig, timeout: float = 5) -> None:
-    """Connect once to the configured broker (not the embedded one), raising what went wrong."""
+def probe_broker(config: WorkerConfig, timeout: float = 5, url: str | None = None) -> dict[str, Any]:
+    """Connect once to the configured broker (not the embedded one), or to ``url``, one node of its
+    failover list, raising what went wrong; returns what the broker says of itself (AMQP's server
+    properties; a Sentinel set's primary as ``master``)."""
     from kombu import Connection
 
-    url = broker_url(config)
-    with Connection(url, ssl=celery_settings(config).get("broker_use_ssl") or False, connect_timeout=timeout) as conn:
+    conf = celery_settings(config)
+    url = url or broker_url(config)
+    options = conf.get("broker_transport_options") or {}
+    with Connection(url, ssl=conf.get("broker_use_ssl") or False, connect_timeout=timeout, transport_options=options) as conn:
         conn.ensure_connection(max_retries=1, timeout=timeout)
+        if is_sentinel(url):
+            host, port = conn.default_channel.client.connection_pool.get_master_address()
+            return {"master": f"{host}:{port}"}
+        return dict(getattr(conn.connection, "server_properties", None) or {})
 
 
 def check_tls(config: WorkerConfig) -> None:
@@ -106,20 +147,28 @@ def check_tls(config: WorkerConfig) -> None:
     """
     if config.broker.tls_ca is None or is_embedded(config):
         return
-    try:
-        probe_broker(config)
-    except Exception as exc:  # noqa: BLE001 - only TLS failures are fatal here
-        chain: list[BaseException] = []
-        cause: BaseException | None = exc
-        while cause is not None and len(chain) < 8:
-            chain.append(cause)
-            cause = cause.__cause__ or cause.__context__
-        tls = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
-        if tls is not None:
-            raise ConfigError(
-                f"broker.tls: the TLS handshake with {shown(broker_url(config))} failed: {tls.reason or tls} "
-                f"(CA {config.broker.tls_ca}, certificate {config.broker.tls_cert}, key {config.broker.tls_key})"
-            ) from None
+    for url in split_urls(broker_url(config)):  # each node of a failover list: a wrong CA is wrong for all
+        try:
+            probe_broker(config, url=url)
+        except Exception as exc:  # noqa: BLE001 - only TLS failures are fatal here
+            tls = tls_error(exc)
+            if tls is not None:
+                raise ConfigError(
+                    f"broker.tls: the TLS handshake with {shown(url)} failed: {tls.reason or tls} "
+                    f"(CA {config.broker.tls_ca}, certificate {config.broker.tls_cert}, key {config.broker.tls_key})"
+                ) from None
+
+
+def tls_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS failure behind a connection error, however the client library wrapped it."""
+    cause: BaseException | None = exc
+    for _ in range(8):
+        if cause is None:
+            return None
+        if isinstance(cause, ssl.SSLError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _tls_options(config: WorkerConfig, kind: str) -> dict[str, Any] | None:
@@ -180,6 +229,10 @@ def celery_settings(config: WorkerConfig) -> dict[str, Any]:
         settings.update(task_default_queue_type="quorum", task_create_missing_queue_type="quorum", worker_detect_quorum_queues=True)
     if kind == "redis":
         settings["broker_transport_options"] = {"visibility_timeout": config.broker.visibility_timeout}
+        if is_sentinel(url):
+            settings["broker_transport_options"]["master_name"] = master_name(config, "broker.url")
+    if is_sentinel(settings["result_backend"]):  # Celery's SentinelBackend, asked for the same primary
+        settings["result_backend_transport_options"] = {"master_name": master_name(config, "broker.result_backend")}
     tls = _tls_options(config, kind)
     if tls:
         settings["broker_use_ssl"] = tls

@@ -1,4 +1,4 @@
-"""The embedded broker: kombu's SQLAlchemy transport on a SQLite file under WORKING_DIR, woken, not polled fast.
+"""The embedded broker: kombu's SQL transport's tables in a SQLite file under WORKING_DIR, woken, not polled fast.
 
 kombu's SQLAlchemy transport polls its table: polled fast, an idle worker
 burns CPU; polled slowly, every task waits for the poll (bench/README.md
@@ -8,8 +8,8 @@ once a second. Its result store is ``embedded_results``.
 
 The tables are kombu's SQLAlchemy transport's (``kombu_queue``,
 ``kombu_message``, the same columns, indexes and row states), written with
-the standard library's sqlite3: SQLAlchemy cost an idle worker a fifth of
-its memory (bench/README.md) for four statements.
+the standard library's sqlite3: SQLAlchemy was most of what the embedded
+broker added to an idle worker's memory (bench/README.md), for four statements.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the wheelhouse the farmhand role installs from (runs on the controller).
 
-    build_wheelhouse.py OUT --source CHECKOUT | --wheel FILE
+    build_wheelhouse.py OUT --source CHECKOUT | --wheel FILE [--lock requirements.lock]
                         [--python-version 3.11.2 --arch x86_64 | --no-deps]
 
 Writes farmhand's wheel (built from a clean copy of the checkout, byte-
@@ -15,6 +15,13 @@ requirement such as `async-timeout; python_full_version < "3.11.3"` (redis)
 is left out for a 3.11.7 controller and then missing on Debian's 3.11.2.
 Each downloaded wheel's Requires-Dist is therefore evaluated against the
 host's environment, and what is missing is fetched, until nothing is.
+
+With --lock (the checkout's worker/requirements.lock, `make lock`), nothing is
+resolved: the lock's markers are evaluated for the host the same way, the
+pinned wheels are fetched with pip's hash checking, OUT/requirements.txt
+keeps the pins and hashes for the host's own `pip install --require-hashes`,
+and a dependency the lock lacks is an error rather than a fetch, so two
+deploys of one checkout install the same files.
 """
 
 import argparse
@@ -60,6 +67,36 @@ def pip_download(out, reqs, pyver, arch):
     subprocess.run(cmd + list(reqs), check=True)
 
 
+def read_lock(path):
+    """The lock's entries as (Requirement, [--hash=...]) in file order (pip's requirements syntax)."""
+    entries = []
+    with open(path) as fh:
+        logical = fh.read().replace("\\\n", " ")
+    for line in logical.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        words = line.split()
+        hashes = [w for w in words if w.startswith("--hash=")]
+        spec = " ".join(w for w in words if not w.startswith("--hash="))
+        req = Requirement(spec)
+        if not hashes or [str(s.operator) for s in req.specifier] != ["=="]:
+            sys.exit(f"build_wheelhouse: {path}: {req.name} is not pinned with hashes (make lock)")
+        entries.append((req, hashes))
+    return entries
+
+
+def host_requirements(lock, env, dest):
+    """Write the lock's entries that apply to the host, markers resolved, to DEST."""
+    with open(dest, "w") as fh:
+        fh.write("# The host's part of the lock (markers evaluated for its Python), for pip --require-hashes.\n")
+        for req, hashes in read_lock(lock):
+            if req.marker and not req.marker.evaluate(env):
+                continue
+            req.marker = None
+            fh.write(" ".join([str(req), *hashes]) + "\n")
+
+
 def wheels(out):
     return {canonicalize_name(parse_wheel_filename(f)[0]): f for f in os.listdir(out) if f.endswith(".whl")}
 
@@ -89,6 +126,7 @@ def main():
     ap.add_argument("--python-version", default="%d.%d.%d" % sys.version_info[:3])
     ap.add_argument("--arch", default=os.uname().machine)
     ap.add_argument("--no-deps", action="store_true")
+    ap.add_argument("--lock", help="pinned, hashed requirements (pip syntax) to fetch instead of resolving")
     args = ap.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     os.makedirs(args.out)
@@ -97,12 +135,20 @@ def main():
     else:
         build_wheel(args.source, args.out)
     (wheel,) = [f for f in os.listdir(args.out) if re.match(r"farmhand-.*\.whl$", f)]
-    if not args.no_deps:
-        env = default_environment()
-        env.update(python_version=".".join(args.python_version.split(".")[:2]),
-                   python_full_version=args.python_version, platform_machine=args.arch, extra="",
-                   implementation_name="cpython", platform_python_implementation="CPython",
-                   sys_platform="linux", platform_system="Linux", os_name="posix")
+    env = default_environment()
+    env.update(python_version=".".join(args.python_version.split(".")[:2]),
+               python_full_version=args.python_version, platform_machine=args.arch, extra="",
+               implementation_name="cpython", platform_python_implementation="CPython",
+               sys_platform="linux", platform_system="Linux", os_name="posix")
+    if args.lock:
+        reqs = os.path.join(args.out, "requirements.txt")
+        host_requirements(args.lock, env, reqs)
+        if not args.no_deps:
+            pip_download(args.out, ["--no-deps", "--require-hashes", "-r", reqs], args.python_version, args.arch)
+            todo = missing_for_host(args.out, env)
+            if todo:
+                sys.exit(f"build_wheelhouse: {args.lock} does not cover {todo}: run `make lock`")
+    elif not args.no_deps:
         pip_download(args.out, [os.path.join(args.out, wheel)], args.python_version, args.arch)
         for _ in range(10):
             todo = missing_for_host(args.out, env)
