@@ -4,9 +4,9 @@ The garbage collector's tests need a Docker engine on a filesystem of a few
 hundred MiB, so that free space moves with every image, volume and
 workspace, and so that nothing they do can touch the host's own engine. This
 one has its own ``--data-root``, ``--exec-root`` (its own containerd under it),
-``--pidfile`` and Unix socket; it neither touches iptables nor makes a default
-bridge, and its networks come from an address pool of its own, clear of the
-host engine's. It is given the suite's busybox image from the host engine
+``--pidfile`` and Unix socket; it does not touch iptables, its default bridge
+is one the fixture makes (never the host engine's docker0), and its networks
+come from an address pool of its own, clear of the host engine's. It is given the suite's busybox image from the host engine
 (``docker save`` / ``load``: nothing is pulled from a hub). ``stop`` ends it and
 unmounts the tmpfs, whatever it held.
 """
@@ -26,6 +26,9 @@ from support import BUSYBOX, wait_until
 
 #: The address pool of its networks: far from Docker's defaults (172.17-31/16, 192.168/16) the host engine uses.
 ADDRESS_POOL = "base=10.213.0.0/16,size=24"
+# Its default bridge, made by the fixture: with --bridge=none a dockerd deletes the interface named
+# docker0 at start, and sharing the host's network namespace, that is the host engine's own bridge.
+BRIDGE, BRIDGE_ADDRESS = "smalldockerd0", "10.212.0.1/24"
 
 
 class SmallDockerd:
@@ -51,6 +54,10 @@ class SmallDockerd:
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size_mib}m,mode=0755", "fh-small-docker", str(self.mount)], check=True)
         self._mounted = True
         self.exec_root.mkdir()
+        subprocess.run(["ip", "link", "del", BRIDGE], check=False, capture_output=True)  # a killed run's
+        subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
+        subprocess.run(["ip", "addr", "add", BRIDGE_ADDRESS, "dev", BRIDGE], check=True)
+        subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
         self.proc = subprocess.Popen(
             [
                 shutil.which("dockerd") or "/usr/sbin/dockerd",
@@ -58,7 +65,7 @@ class SmallDockerd:
                 "--exec-root", str(self.exec_root),
                 "--pidfile", str(self.pidfile),
                 "-H", self.base_url,
-                "--bridge=none",
+                f"--bridge={BRIDGE}",
                 "--iptables=false",
                 "--ip-masq=false",
                 "--default-address-pool", ADDRESS_POOL,
@@ -90,6 +97,7 @@ class SmallDockerd:
             try:
                 for c in self.client.api.containers(all=True, quiet=True):
                     self.client.api.remove_container(c["Id"], force=True, v=True)
+                self.client.networks.prune()  # their bridges live in the host's namespace, not on the tmpfs
             except docker.errors.DockerException:
                 pass
             self.client.close()
@@ -104,6 +112,7 @@ class SmallDockerd:
             # Lazily: overlay mounts of the daemon's containers may linger below it a moment.
             subprocess.run(["umount", "--lazy", "--recursive", str(self.mount)], check=False)
             self._mounted = False
+        subprocess.run(["ip", "link", "del", BRIDGE], check=False, capture_output=True)
         shutil.rmtree(self.base, ignore_errors=True)
 
     # -- what a test fills it with --------------------------------------------------------------

@@ -46,6 +46,9 @@ def small(client: docker.DockerClient) -> Iterator[SmallDockerd]:
         yield dd.start(client)
     finally:
         dd.stop()
+    # A second engine in the host's network namespace must leave the host engine's bridge alone
+    # (with --bridge=none a dockerd deletes docker0 at start, and every later task on it failed).
+    client.containers.run(BUSYBOX, ["true"], remove=True)
 
 
 def write_config(dd: SmallDockerd, registry: Any, path: Path, **gc_over: Any) -> WorkerConfig:

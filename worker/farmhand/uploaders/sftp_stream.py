@@ -285,16 +285,22 @@ class SftpStream:
                 self.channel.sendall(view[: header_size + got])
                 sizes[rid] = got
                 pos += got
-            kind, body = self._read()
-            (rid,) = struct.unpack_from(">I", body)
-            size = sizes.pop(rid, 0)
-            try:
-                self._raise_for_status("write", kind, body)
-            except StatusError as exc:
-                failure = failure or exc
-                continue
-            on_acked(size)
+            refused = self._write_reply(sizes, on_acked)  # always taken: replies in flight are drained
+            failure = failure or refused
         return failure
+
+    def _write_reply(self, sizes: dict[int, int], on_acked: Callable[[int], None]) -> "StatusError | None":
+        """Take one write's reply: its bytes count as acknowledged, or its refusal is returned (the writes
+        already in flight are still read, so the session stays paired up)."""
+        kind, body = self._read()
+        (rid,) = struct.unpack_from(">I", body)
+        size = sizes.pop(rid, 0)
+        try:
+            self._raise_for_status("write", kind, body)
+        except StatusError as exc:
+            return exc
+        on_acked(size)
+        return None
 
     def open_write(self, path: str, *, truncate: bool) -> bytes:
         """A handle to write remote ``path`` (created if missing, emptied when ``truncate``); ``StatusError`` if refused."""
@@ -340,15 +346,8 @@ class SftpStream:
                     sizes[rid] = block.size
                 if not sizes:
                     continue
-                kind, body = self._read()
-                (rid,) = struct.unpack_from(">I", body)
-                size = sizes.pop(rid, 0)
-                try:
-                    self._raise_for_status("write", kind, body)
-                except StatusError as exc:
-                    failure = failure or exc
-                    continue
-                on_acked(size)
+                refused = self._write_reply(sizes, on_acked)  # always taken: replies in flight are drained
+                failure = failure or refused
         except BaseException:
             self.close()  # replies may be in flight: the session can no longer pair them up
             raise
