@@ -213,6 +213,9 @@ def celery_settings(config: WorkerConfig) -> dict[str, Any]:
         "broker_connection_max_retries": None,  # a broker restart is waited out, never fatal
         "result_extended": False,  # task arguments can carry secrets: never copied into the result store
         "worker_enable_remote_control": fanout,
+        # The node's control queue lives and dies with its connection: one left on a cluster node that
+        # died was found by the reconnect's declare and gone by its bind (404, a worker exit).
+        "control_queue_exclusive": kind == "amqp",
         "worker_send_task_events": fanout,
         "task_send_sent_event": fanout,
         "worker_hijack_root_logger": False,
