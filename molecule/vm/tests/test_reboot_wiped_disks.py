@@ -17,7 +17,12 @@ import re
 import shlex
 import time
 
+import os
+
 import pytest
+
+# Not yet seen passing end to end under emulation (molecule/README.md): run with FARMHAND_VM_UNPROVEN=1.
+pytestmark = pytest.mark.skipif(os.environ.get("FARMHAND_VM_UNPROVEN") != "1", reason="not yet proven under TCG; FARMHAND_VM_UNPROVEN=1 runs it")
 
 MOUNT = "/mnt"
 DISKS = ["/dev/vdb", "/dev/vdc"]
