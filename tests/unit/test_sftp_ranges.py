@@ -84,8 +84,11 @@ def test_a_plan_refuses_stretches_of_different_lengths() -> None:
 class _WriteServer:
     """An SFTP server's side of one channel: open, write (into a shared file image), close; maybe refusing or breaking."""
 
-    def __init__(self, image: bytearray, lock: threading.Lock, *, refuse_at: int | None = None, break_after: int | None = None) -> None:
+    def __init__(self, image: bytearray, lock: threading.Lock, *, refuse_at: int | None = None, break_after: int | None = None, start: threading.Barrier | None = None) -> None:
         self.image, self.lock = image, lock
+        # Each channel's first write waits for every channel's: a writer that leaves one channel idle
+        # fails here, however the threads happen to be scheduled.
+        self.start = start
         self.refuse_at, self.break_after = refuse_at, break_after
         self.closed = False
         self.writes: list[tuple[int, int]] = []
@@ -111,6 +114,12 @@ class _WriteServer:
             offset, n = struct.unpack_from(">QI", packet, 13 + hlen)
             data = packet[25 + hlen : 25 + hlen + n]
             assert len(data) == n, "a write request carries the bytes it announces"
+            if self.start is not None:
+                start, self.start = self.start, None
+                try:
+                    start.wait(timeout=20)
+                except threading.BrokenBarrierError:
+                    raise AssertionError("a channel was never given a block to write") from None
             if self.break_after is not None and len(self.writes) >= self.break_after:
                 raise EOFError("the SFTP channel was closed by the server")
             if self.refuse_at is not None and offset >= self.refuse_at:
@@ -142,8 +151,8 @@ def _stream(channel: _WriteServer, request_size: int, in_flight: int = 3) -> Sft
 
 
 def _servers(count: int, image: bytearray, **bad: int) -> list[_WriteServer]:
-    lock = threading.Lock()
-    return [_WriteServer(image, lock, **(bad if i == 1 else {})) for i in range(count)]
+    lock, start = threading.Lock(), threading.Barrier(count)
+    return [_WriteServer(image, lock, start=start, **(bad if i == 1 else {})) for i in range(count)]
 
 
 def _upload(servers: list[_WriteServer], local: bytes, plan: ResumePlan, block: int) -> tuple[str, list[int]]:
@@ -170,7 +179,7 @@ def _upload(servers: list[_WriteServer], local: bytes, plan: ResumePlan, block: 
 
 
 def test_blocks_spread_over_every_channel_and_land_exactly_once() -> None:
-    local = os.urandom(300_001)
+    local = os.urandom(3_000_001)  # enough blocks that no channel thread, however scheduled, gets none
     image = bytearray()
     servers = _servers(3, image)
     digest, acked = _upload(servers, local, ResumePlan(len(local)), 4_096)
@@ -208,7 +217,7 @@ def test_a_stretch_that_changed_since_it_was_compared_is_refused() -> None:
 def test_a_refusal_on_one_channel_stops_them_all_and_is_raised() -> None:
     local = os.urandom(400_000)
     image = bytearray()
-    servers = _servers(3, image, refuse_at=100_000)
+    servers = _servers(3, image, refuse_at=0)  # its first write, which the start barrier guarantees it
     with pytest.raises(StatusError, match="No space left"):
         _upload(servers, local, ResumePlan(len(local)), 4_096)
     assert all(s.handles_open == 0 for s in servers), "the other channels closed their handles"
@@ -217,7 +226,7 @@ def test_a_refusal_on_one_channel_stops_them_all_and_is_raised() -> None:
 
 def test_a_broken_channel_is_named_and_the_others_stop() -> None:
     local = os.urandom(400_000)
-    servers = _servers(3, bytearray(), break_after=5)
+    servers = _servers(3, bytearray(), break_after=0)  # at its first write, which the start barrier guarantees it
     with pytest.raises(ChannelFailed, match=r"channel 2 of 3 writing /f.part failed: the SFTP channel was closed by the server"):
         _upload(servers, local, ResumePlan(len(local)), 4_096)
     assert servers[1].closed, "the broken channel's session is closed: its replies can no longer be paired up"
