@@ -1,7 +1,7 @@
 # farmhand app image, on a base image (packer/base): the farmhand role and the
 # ephemeral_storage role set to run at every boot. Rebuilt for each release.
 # Build with `make images` (docker) or `make vm-images` (qemu); packer/README.md
-# tells how to bake an AMI.
+# tells how to bake for AWS, GCE and Azure.
 
 locals {
   stamp      = formatdate("YYYYMMDDhhmmss", timestamp())
@@ -61,11 +61,12 @@ source "qemu" "debian12" {
 
 source "amazon-ebs" "debian12" {
   region        = var.aws_region
-  instance_type = var.aws_instance_type
+  instance_type = local.aws_instance_type
   subnet_id     = var.aws_subnet_id
   source_ami_filter {
     filters = {
       name                = "${var.base_image_name}-*"
+      architecture        = local.aws_ami_arch
       root-device-type    = "ebs"
       virtualization-type = "hvm"
     }
@@ -85,6 +86,53 @@ source "amazon-ebs" "debian12" {
   tags = {
     Name    = var.image_name
     Role    = "farmhand-app"
+    Arch    = var.aws_arch
+    BuiltAt = local.stamp
+  }
+}
+
+source "googlecompute" "debian12" {
+  project_id   = var.gcp_project_id
+  account_file = var.gcp_account_file
+  zone         = var.gcp_zone
+  machine_type = var.gcp_machine_type
+  network      = var.gcp_network
+  subnetwork   = var.gcp_subnetwork
+  # The newest image of the base's family, in this project.
+  source_image_family     = var.base_image_name
+  source_image_project_id = [var.gcp_project_id]
+  disk_size               = var.gcp_disk_size
+  disk_type               = "pd-balanced"
+  image_name              = "${var.image_name}-${local.stamp}"
+  image_family            = var.image_name
+  image_description       = "farmhand app layer, from the ${var.base_image_name} family"
+  image_labels = {
+    role     = "farmhand-app"
+    built_at = local.stamp
+  }
+  ssh_username = var.gcp_ssh_username
+}
+
+source "azure-arm" "debian12" {
+  subscription_id           = var.azure_subscription_id
+  tenant_id                 = var.azure_tenant_id
+  client_id                 = var.azure_client_id
+  client_secret             = var.azure_client_secret
+  use_azure_cli_auth        = var.azure_use_cli_auth
+  location                  = local.azure_location
+  build_resource_group_name = var.azure_build_resource_group
+  vm_size                   = var.azure_vm_size
+  os_type                   = "Linux"
+  # Managed images have no "newest of a family": the base is named exactly.
+  custom_managed_image_name                = var.azure_base_image
+  custom_managed_image_resource_group_name = var.azure_resource_group
+  os_disk_size_gb                          = var.azure_disk_size
+  managed_image_name                       = "${var.image_name}-${local.stamp}"
+  managed_image_resource_group_name        = var.azure_resource_group
+  ssh_username                             = "packer"
+  azure_tags = {
+    Name    = var.image_name
+    Role    = "farmhand-app"
     BuiltAt = local.stamp
   }
 }
@@ -94,6 +142,8 @@ build {
     "source.docker.debian12",
     "source.qemu.debian12",
     "source.amazon-ebs.debian12",
+    "source.googlecompute.debian12",
+    "source.azure-arm.debian12",
   ]
 
   provisioner "ansible" {
@@ -138,6 +188,16 @@ build {
     direction   = "download"
     source      = "/tmp/${local.boot_dir}/"
     destination = "${var.output_dir}/"
+  }
+
+  # Azure: the agent forgets the build's user and provisioning state, so VMs
+  # made from the (generalized) image provision afresh. Last, as it removes
+  # the user Packer logs in with.
+  provisioner "shell" {
+    only            = ["azure-arm.debian12"]
+    execute_command = "chmod +x {{ .Path }}; {{ .Vars }} sudo -E sh '{{ .Path }}'"
+    inline          = ["if command -v waagent >/dev/null; then waagent -force -deprovision+user; fi", "sync"]
+    skip_clean      = true
   }
 
   post-processor "docker-tag" {

@@ -38,3 +38,9 @@ variable "aws_base_ami_owner" {
   default     = "self"
   description = "Owner of the base AMI (the newest AMI named base_image_name-* is used)."
 }
+
+variable "azure_base_image" {
+  type        = string
+  default     = ""
+  description = "Name of the base's managed image in azure_resource_group (e.g. farmhand-base-20240101120000: the base build's manifest)."
+}

@@ -23,12 +23,42 @@ variable "vm_image_dir" {
 
 variable "aws_source_ami_name" {
   type        = string
-  default     = "debian-12-amd64-*"
-  description = "Name pattern of the source AMI (the newest match is used)."
+  default     = ""
+  description = "Name pattern of the source AMI (the newest match of aws_arch is used); empty: debian-12-AWS_ARCH-*."
 }
 
 variable "aws_source_ami_owner" {
   type        = string
   default     = "136693071363"
   description = "Owner account of the source AMI (Debian's official AMIs)."
+}
+
+variable "gcp_source_image_family" {
+  type        = string
+  default     = "debian-12"
+  description = "Image family of the source image (the newest image of the family is used)."
+}
+
+variable "gcp_source_image_project" {
+  type        = string
+  default     = "debian-cloud"
+  description = "Project of the source image family (Debian's images: debian-cloud)."
+}
+
+variable "azure_image_publisher" {
+  type        = string
+  default     = "Debian"
+  description = "Publisher of the source Marketplace image."
+}
+
+variable "azure_image_offer" {
+  type        = string
+  default     = "debian-12"
+  description = "Offer of the source Marketplace image."
+}
+
+variable "azure_image_sku" {
+  type        = string
+  default     = "12-gen2"
+  description = "SKU of the source Marketplace image (12-gen2: Hyper-V generation 2, UEFI)."
 }
