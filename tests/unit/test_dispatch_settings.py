@@ -112,6 +112,19 @@ def test_journal_accepts_once_records_then_reports_and_forgets_secrets(tmp_path)
     assert reopened is not None and reopened.document is None and reopened.reported_at
 
 
+def test_journal_syncs_every_commit_but_a_stage_change(tmp_path):
+    """A stage is for people (a resume goes by the checkpoint): written unsynced. Everything else an
+    acknowledged task depends on is synced (synchronous=FULL), before and after a stage change."""
+    journal = Journal(tmp_path / "j.sqlite")
+    synced = {}
+    journal._db.set_trace_callback(lambda sql: synced.setdefault(sql.split()[0], []).append(journal._db.execute("PRAGMA synchronous").fetchone()[0]) if sql.split()[0] in ("INSERT", "UPDATE") else None)
+    journal.accept("t1", {}, {})
+    journal.set_stage("t1", "run")
+    journal.record_result("t1", {"state": "succeeded"})
+    journal.mark_reported("t1")
+    assert synced == {"INSERT": [2], "UPDATE": [1, 2, 2]}  # 2: FULL, 1: NORMAL
+
+
 def test_journal_requests_are_handed_out_once(tmp_path):
     journal = Journal(tmp_path / "j.sqlite")
     other = Journal(tmp_path / "j.sqlite")  # a command on the same host

@@ -45,6 +45,7 @@ class FakeDocker:
         self.calls: list[str] = []
         self.die_at: str | None = None
         self.exit_code = 0
+        self.known: list[Any] = []  # what each cleanup was told the task's containers are (None: find them by label)
 
     def _step(self, name: str) -> None:
         self.calls.append(name)
@@ -101,8 +102,9 @@ class FakeDocker:
             out.append(Collected(spec=spec, local_path=dest_dir / spec.name, present=True, files=[entry]))
         return out
 
-    def cleanup(self, client: Any, task_id: str) -> list[str]:
+    def cleanup(self, client: Any, task_id: str, known: Any = None) -> list[str]:
         self._step("cleanup")
+        self.known.append(known)
         self.containers.pop(task_id, None)
         return []
 
@@ -165,6 +167,7 @@ def test_a_run_goes_through_every_stage_in_order(config: WorkerConfig, fake: Fak
     result = new_engine(config, fake).run(task_doc())
     assert fake.calls == ["pull", "run", "collect", "cleanup"]
     assert list(result.stages) == ["prepare", "run", "collect", "cleanup", "upload"]
+    assert fake.known == [["c-t1"]], "the container this process made is removed without a listing"
     assert_delivered(config, result.to_dict())
 
 
@@ -189,6 +192,7 @@ def test_a_cancel_before_the_run_starts_no_container(config: WorkerConfig, fake:
     result = eng.run(task_doc())
     assert (result.state, result.reason) == ("exception", "worker-shutdown")
     assert "run" not in fake.calls and "cleanup" in fake.calls
+    assert fake.known == [None]
 
 
 # -- killed at each step, then resumed -----------------------------------------------------
@@ -213,6 +217,8 @@ def test_a_task_killed_at_a_docker_step_is_carried_on_from_there(
     fake.calls.clear()
     doc = new_engine(config, fake).resume(task_doc(), task_id="t1").to_dict()
     assert fake.calls == resumed_calls
+    if die_at != "run":
+        assert fake.known[-1] is None, "a resumed task's containers are found by label"
     assert_delivered(config, doc)
 
 

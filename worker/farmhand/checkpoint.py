@@ -51,7 +51,7 @@ class Attempt:
             "delivered": self.delivered,
             "result": self.result.to_dict(),
         }
-        write_json_atomic(self.workspace / CHECKPOINT_NAME, saved)
+        write_json_atomic(self.workspace / CHECKPOINT_NAME, saved, indent=None)  # one per stage, read by farmhand alone
 
     @classmethod
     def from_checkpoint(cls, workspace: Path, saved: dict[str, Any], document: Any) -> "Attempt":

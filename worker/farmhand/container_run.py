@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
+from docker.models.containers import Container, ContainerCollection
 from docker.types import LogConfig, Mount, Ulimit
 
 from farmhand.config import WorkerConfig
@@ -125,8 +126,22 @@ def container_options(
 STATS_DELAY = 0.5  # seconds a container runs before its usage is sampled
 
 
+class _Created(ContainerCollection):
+    """docker-py's ``containers.create``, less the inspect it makes of the new container: what a
+    task's run needs of it is its id (the verdict is read by ``inspect_container`` once it exits)."""
+
+    def get(self, container_id: str) -> Container:
+        return self.prepare_model({"Id": container_id})
+
+
 class _UsageSampler:
-    """Keeps the peaks of Docker's stats stream; stops by itself when the container does."""
+    """Keeps the peaks of Docker's stats stream; stops by itself when the container does.
+
+    Started by the supervising loop once the container has run ``STATS_DELAY``:
+    dockerd's first sample comes about a second after the request, so a
+    container gone sooner would give none, and its stats request, dockerd's
+    collector and this thread are saved.
+    """
 
     def __init__(self, client: docker.DockerClient, container_id: str, exited: threading.Event) -> None:
         self._client = client
@@ -136,16 +151,16 @@ class _UsageSampler:
         self.cpu_ns = 0
         self.peak_pids = 0
         self.samples = 0
+        self.started = False
         self._thread = threading.Thread(target=self._run, name=f"stats:{container_id[:12]}", daemon=True)
 
     def start(self) -> "_UsageSampler":
+        self.started = True
         self._thread.start()
         return self
 
     def _run(self) -> None:
-        # dockerd's first sample comes about a second after the request: a container that is gone
-        # within STATS_DELAY would give none, so its stats request (and dockerd's collector) is saved.
-        if self._exited.wait(STATS_DELAY):
+        if self._exited.is_set():
             return
         try:
             for s in self._client.api.stats(self._id, stream=True, decode=True):
@@ -182,7 +197,7 @@ def run_container(
 ) -> RunOutcome:
     """Create, start and supervise the task's container until it exits or is stopped."""
     try:
-        container = client.containers.create(task.image, labels=labels, **options)
+        container = _Created(client=client).create(task.image, labels=labels, **options)
     except APIError as exc:
         if exc.is_client_error() and exc.status_code != 404:
             raise StartFailed(f"the container could not be created: {error_text(exc)}") from exc
@@ -256,15 +271,16 @@ def supervise(
     already = max(0.0, time.time() - started_wall) if started_wall else 0.0
     started = time.monotonic() - already
 
+    exited = threading.Event()
     pump = LogPump(
-        OutputStream(client, container.id),
+        OutputStream(client, container.id, exited),
         log_path,
         config.log_max_bytes,
         masker,
         head_check=head_check,
     ).start()
-    exited = threading.Event()
-    sampler = _UsageSampler(client, container.id, exited).start()
+    sampler = _UsageSampler(client, container.id, exited)
+    sample_from = started + STATS_DELAY
     wait_result: dict[str, Any] = {}
 
     def _wait() -> None:
@@ -279,8 +295,10 @@ def supervise(
 
     stopped_for: str | None = None
     deadline = started + task.max_run_time
-    while not exited.wait(tick):
+    while not exited.wait(min(tick, max(0.0, sample_from - time.monotonic())) if not sampler.started else tick):
         now = time.monotonic()
+        if not sampler.started and now >= sample_from:
+            sampler.start()
         if cancel is not None and cancel.is_set():
             stopped_for = "cancelled"
         elif now >= deadline:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+import threading
 from http.client import IncompleteRead
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -140,11 +141,19 @@ class OutputStream:
     ``TIMESTAMP payload`` as Docker logged it (a line, or a 16 KiB part of a
     longer one), which is what masking needs to see the output as the task
     printed it.
+
+    ``exited``, when the caller waits for the container's exit anyway, is set
+    once it has: a stream that ends then needs no inspect to tell a cut
+    stream from the end of the task.
     """
 
-    def __init__(self, client: docker.DockerClient, container_id: str) -> None:
+    #: How long a stream that ended waits for ``exited`` before it asks Docker whether the container still runs.
+    EXIT_GRACE = 0.5
+
+    def __init__(self, client: docker.DockerClient, container_id: str, exited: threading.Event | None = None) -> None:
         self._api = client.api
         self._id = container_id
+        self._exited = exited
         self._response: requests.Response | None = None
         self._closed = False
         self.last_frame: bytes | None = None
@@ -210,6 +219,8 @@ class OutputStream:
         self.last_frame = bytes(frames[-1])
 
     def _running(self) -> bool:
+        if self._exited is not None and self._exited.wait(self.EXIT_GRACE):
+            return False
         try:
             return bool(self._api.inspect_container(self._id)["State"].get("Running"))
         except NotFound:

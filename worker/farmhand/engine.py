@@ -237,7 +237,7 @@ class Engine:
         if not attempt.owns_docker_objects or attempt.task is None:
             return
         with self.events.stage(attempt.result, "cleanup") as rec:
-            problems = self._discard_docker_objects(attempt.task.task_id, attempt.network)
+            problems = self._discard_docker_objects(attempt.task.task_id, attempt.network, self._made_here(attempt))
             attempt.network = None
             problems += self._release_devices(attempt)
             if problems:
@@ -308,9 +308,18 @@ class Engine:
         attempt.devices = []
         return []
 
-    def _discard_docker_objects(self, task_id: str, network: str | None) -> list[str]:
+    @staticmethod
+    def _made_here(attempt: Attempt) -> list[str] | None:
+        """The task's containers when this process made every one and knows them: the task's own, no service
+        (``options`` exist only where this process prepared the task; a container whose creation failed,
+        or left no id, is never known). None: they are found by label."""
+        if attempt.options is None or attempt.container_id is None or attempt.task is None or attempt.task.services:
+            return None
+        return [attempt.container_id]
+
+    def _discard_docker_objects(self, task_id: str, network: str | None, known: list[str] | None = None) -> list[str]:
         """The task's containers go and its network goes back to the pool; returns what could not be removed."""
-        problems = sandbox.cleanup(self.client, task_id)
+        problems = sandbox.cleanup(self.client, task_id, known)
         if network is not None:
             problems += self.networks.release(network)
         return problems

@@ -214,14 +214,18 @@ def _epoch(value: float | str) -> float:
     return float(value)
 
 
-def write_json_atomic(path: Path, document: Any) -> None:
-    """Write-then-rename, so a crash never leaves half a result behind."""
+def write_json_atomic(path: Path, document: Any, indent: int | None = 2) -> None:
+    """Write-then-rename, so a crash never leaves half a result behind.
+
+    ``indent=None`` for files only farmhand reads (checkpoints): the json
+    module's C encoder serves only unindented output.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(document, indent=indent, sort_keys=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(document, fh, indent=2, sort_keys=False)
-            fh.write("\n")
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         durable.replace(tmp, path)

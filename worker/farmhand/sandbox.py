@@ -238,18 +238,23 @@ def find_task_container(client: docker.DockerClient, task_id: str) -> Any | None
     return found[0] if found else None
 
 
-def cleanup(client: docker.DockerClient, task_id: str) -> list[str]:
+def cleanup(client: docker.DockerClient, task_id: str, known: Sequence[str] | None = None) -> list[str]:
     """Remove the task's containers (with their anonymous volumes).
 
     Runs whatever happened before; returns what could not be removed instead of
-    raising, so a cleanup hiccup never hides the task's real outcome.
+    raising, so a cleanup hiccup never hides the task's real outcome. ``known``:
+    every container the task has, when the caller made each one itself and so
+    knows; otherwise they are found by the task's label.
     """
     problems: list[str] = []
-    try:
-        # Ids only: docker-py's containers.list inspects each one, a call per container for nothing.
-        ids = [c["Id"] for c in client.api.containers(all=True, quiet=True, filters={"label": f"{TASK_LABEL}={task_id}"})]
-    except DockerException as exc:
-        return [f"cannot list the task's containers: {exc}"]
+    if known is not None:
+        ids = list(known)
+    else:
+        try:
+            # Ids only: docker-py's containers.list inspects each one, a call per container for nothing.
+            ids = [c["Id"] for c in client.api.containers(all=True, quiet=True, filters={"label": f"{TASK_LABEL}={task_id}"})]
+        except DockerException as exc:
+            return [f"cannot list the task's containers: {exc}"]
     for cid in ids:
         try:
             client.api.remove_container(cid, force=True, v=True)

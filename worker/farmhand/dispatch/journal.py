@@ -95,7 +95,14 @@ class Journal:
         return cur.rowcount == 1
 
     def set_stage(self, task_id: str, stage: str) -> None:
-        self._run("UPDATE tasks SET stage = ? WHERE task_id = ? AND result IS NULL", (stage, task_id))
+        """For people and logs only (a resume goes on from the task's checkpoint), so not synced: the
+        next synced commit (a result, an acceptance) carries it to disk with its own."""
+        with self._lock:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._db.execute("UPDATE tasks SET stage = ? WHERE task_id = ? AND result IS NULL", (stage, task_id))
+            finally:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def record_result(self, task_id: str, result: dict[str, Any]) -> None:
         self._run("UPDATE tasks SET stage = 'finished', result = ? WHERE task_id = ?", (json.dumps(result), task_id))

@@ -50,6 +50,8 @@ log = logging.getLogger("farmhand.node")
 RECEIVED, PREPARING, RUNNING, UPLOADING = "RECEIVED", "PREPARING", "RUNNING", "UPLOADING"
 STATE_OF_STAGE = {"prepare": PREPARING, "run": RUNNING, "upload": UPLOADING}
 REPORT_RETRY_INTERVAL = 15.0
+#: Events held before they are sent whatever the time (housekeeping sends them 4 times a second anyway).
+EVENTS_HELD = 200
 #: The cache scope of a task whose delivery names no queue: its own, shared with no queue's tasks.
 UNROUTED_SCOPE = "unrouted"
 
@@ -213,6 +215,7 @@ class Node:
         """Record, then report: a crash between the two is healed by reporting again."""
         self.journal.record_result(task_id, result)
         metrics.task_finished(result.get("state", "exception"), result.get("reason"))
+        self.flush_events()  # the task's last stage event, before its result
         self._report_safely(task_id, result, context)
         log.info("%s: %s%s", task_id, result.get("state"), f" ({result['reason']})" if result.get("reason") else "", extra={"task_id": task_id, "event": "task-concluded"})
         log_format.bind(None)
@@ -237,17 +240,37 @@ class Node:
             log.warning("state %s of %s not stored: %s", state, task_id, exc)
 
     def send_event(self, event_type: str, **fields: Any) -> None:
-        """One dispatcher on a connection of its own, kept: a dispatcher made per event (Celery's
-        ``default_dispatcher``) was the largest share of a trivial task's worker CPU (bench/README.md)."""
+        """Held, and sent with the others held at once by ``flush_events``: by housekeeping within a
+        quarter of a second, and when a task concludes (its stage events before its result). One
+        message then carries many events (a list, which Celery's receivers, `celery events` and
+        Flower, read as the events one by one): a message per event was a large share of a trivial
+        task's worker CPU (bench/README.md)."""
         if not self._events:
             return
         with self._event_lock:
             try:
                 if self._dispatcher is None:
-                    self._dispatcher = self.app.events.Dispatcher(self.app.connection_for_write(), hostname=self.name)
+                    # One dispatcher on a connection of its own, kept: Celery's ``default_dispatcher``, made per event,
+                    # cost more than all the rest of a trivial task's events.
+                    self._dispatcher = self.app.events.Dispatcher(
+                        self.app.connection_for_write(), hostname=self.name, buffer_group={"task"}, buffer_limit=EVENTS_HELD
+                    )
                 self._dispatcher.send(event_type, **fields)
             except Exception as exc:  # noqa: BLE001 - events are for watchers, never worth a task
                 log.debug("event %s not sent: %s", event_type, exc)
+                self._drop_dispatcher()
+
+    def flush_events(self) -> None:
+        """Send the events held by ``send_event`` now, as one message."""
+        if not self._events:
+            return
+        with self._event_lock:
+            if self._dispatcher is None:
+                return
+            try:
+                self._dispatcher.flush(errors=False)
+            except Exception as exc:  # noqa: BLE001 - events are for watchers, never worth a task
+                log.debug("held events not sent: %s", exc)
                 self._drop_dispatcher()
 
     def _drop_dispatcher(self) -> None:
@@ -321,11 +344,17 @@ class Node:
             elif delta < 0:
                 consumer.qos.decrement_eventually(-delta)
         if changed:
-            for queue in self.config.node.queues:
-                if want:
-                    consumer.add_task_queue(queue)
-                else:
-                    consumer.cancel_task_queue(queue)
+            # The task consumer's own cancel and consume: every queue it serves stops, or starts again as it
+            # was, still declared and bound. (Celery's cancel_task_queue/add_task_queue deselect the queue, then
+            # copy, bind and declare it again, broker round trips included: a large share of a trivial task's
+            # worker CPU when each freed slot takes one more task from a waiting queue.)
+            tasks = getattr(consumer, "task_consumer", None)
+            if tasks is None:
+                return
+            if want:
+                tasks.consume()
+            else:
+                tasks.cancel()
 
     def takes_tasks(self) -> bool:
         """False while the disk is under gc.min_free after collecting (``disk.reason`` says why)."""
@@ -464,6 +493,7 @@ class Node:
     def _housekeeping(self) -> None:
         last_retry = time.monotonic()
         while not self._stop.wait(0.25):
+            self.flush_events()
             try:
                 for command, argument in self.journal.take_requests():
                     if command == "cancel" and argument:
