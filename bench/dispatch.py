@@ -7,7 +7,8 @@ same run on the same image (farmhand-test/busybox, `echo hello`):
               and through RabbitMQ, vs `docker run --rm` of the same image
               (N interleaved runs, each network: `none` and the default `bridge`)
   throughput  40 trivial tasks at CONCURRENCY=4 (submit all, wait for all) vs
-              4 parallel loops of `docker run --rm` (10 each)
+              4 parallel loops of `docker run --rm` (10 each); also the worker's
+              CPU per task beside a `docker run` client's
   idle        the workers' RSS and CPU over 60 s doing nothing (from /proc,
               the worker process and its children)
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -115,6 +117,7 @@ class Bench:
             "RabbitMQ": (rabbit_env, self.worker("rabbit", rabbit_env, 4)),
         }
         clients = {name: self.client(w, env) for name, (env, w) in brokers.items()}
+        pids = {name: w.proc.pid for name, (_, w) in brokers.items()}
         self.idle_candidates = {name: w for name, (_, w) in brokers.items()}
         for net in a.networks:
             # A farmhand task on bridge gets a network of its own (tasks cannot reach each other), which
@@ -151,21 +154,36 @@ class Bench:
                 for name, client in clients.items():
                     if name in a.throughput_brokers:
                         fns[name] = lambda client=client: self.batch(client, n, trivial(net))
+                if "latency" not in a.only:  # warm each worker (first-task imports) as the latency part does
+                    for client in clients.values():
+                        self.run_one(client, trivial(net))
                 rates: dict[str, list[float]] = {k: [] for k in fns}
+                # CPU per task: the worker process's (utime+stime from /proc), and the `docker run` clients' (this
+                # process's reaped children). Steadier than the rates on a shared host: other work slows both.
+                cpu: dict[str, list[float]] = {k: [] for k in fns}
                 for _ in range(a.throughput_runs):
                     for k, fn in fns.items():
+                        before = tree_cpu_ticks(pids[k]) / TICKS if k in pids else children_cpu()
                         rates[k].append(n / timed(fn))
+                        after = tree_cpu_ticks(pids[k]) / TICKS if k in pids else children_cpu()
+                        cpu[k].append(1000 * (after - before) / n)
                 for name in fns:
                     if not name.startswith("docker"):
                         self.rows.append(row(
                             f"{n} tasks at CONCURRENCY={c}, {name}, network {net}", rates[name], unit="tasks/s", higher_is_better=True,
-                            baseline=f"{c} parallel docker run --rm loops", baseline_samples=rates["docker"], target=">= 0.9",
+                            baseline=f"{c} parallel docker run --rm loops", baseline_samples=rates["docker"], target=">= 0.95",
+                            note=f"load {os.getloadavg()[0]:.1f} at the end",
+                        ))
+                        self.rows.append(row(
+                            f"worker CPU per task, {name}, network {net}", cpu[name], unit="ms",
+                            baseline="a docker run client process", baseline_samples=cpu["docker"],
+                            note="the worker process's utime+stime over the batch / tasks; the baseline is the docker CLI's own",
                         ))
                         if user_net:
                             self.rows.append(row(
                                 f"{n} tasks at CONCURRENCY={c}, {name}, network {net} (same isolation)", rates[name], unit="tasks/s",
                                 higher_is_better=True, baseline=f"{c} docker run --rm loops on a user-defined bridge",
-                                baseline_samples=rates["docker-user"], target=">= 0.9",
+                                baseline_samples=rates["docker-user"], target=">= 0.95",
                             ))
 
     def user_bridge(self) -> str:
@@ -217,6 +235,15 @@ class Bench:
                 f"idle worker CPU, {k} broker", cpu[k], unit="% of a core", target="<= 1",
                 note=f"{overall:.2f} % over {a.idle_seconds}s (utime+stime, process and children, per-second samples)",
             ))
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (the `docker run` clients)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _children(pid: int) -> list[int]:
