@@ -252,8 +252,11 @@ class Node:
                 if self._dispatcher is None:
                     # One dispatcher on a connection of its own, kept: Celery's ``default_dispatcher``, made per event,
                     # cost more than all the rest of a trivial task's events.
+                    # Not buffer_while_offline: a failed send raises here, so the dispatcher and its dead connection
+                    # are dropped and the next event reconnects (Celery's default would keep both, and every event).
                     self._dispatcher = self.app.events.Dispatcher(
-                        self.app.connection_for_write(), hostname=self.name, buffer_group={"task"}, buffer_limit=EVENTS_HELD
+                        self.app.connection_for_write(), hostname=self.name, buffer_group={"task"}, buffer_limit=EVENTS_HELD,
+                        buffer_while_offline=False,
                     )
                 self._dispatcher.send(event_type, **fields)
             except Exception as exc:  # noqa: BLE001 - events are for watchers, never worth a task
