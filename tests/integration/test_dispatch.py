@@ -520,10 +520,15 @@ def test_a_task_cancelled_while_queued_never_runs_across_restarts(broker: str, r
     assert runs_of(client, busy_counter) == 1
 
 
-@pytest.mark.parametrize("broker", ["rabbitmq", "redis"])
+@pytest.mark.parametrize("broker", ["embedded", "rabbitmq", "redis"])
 def test_a_task_cancelled_while_no_worker_runs_never_runs(broker: str, request: pytest.FixtureRequest, farm_factory: Callable[[dict[str, str]], Farm], client) -> None:
-    """The cancel broadcast reaches nobody while every worker is down: the mark in the result store does."""
-    env = {"BROKER_URL": request.getfixturevalue("redis_server" if broker == "redis" else "rabbitmq").url, "RESULT_BACKEND": request.getfixturevalue("redis_server").url}
+    """The cancel broadcast reaches nobody while every worker is down: the mark in the result store does.
+    On the embedded broker (one machine, no broadcast) the request waits in the worker's journal instead,
+    and the worker's read of the marks on every task start must not fail there (it did: a str key on the
+    embedded store, which reads bytes keys only, logged a warning for every task)."""
+    env = {} if broker == "embedded" else {
+        "BROKER_URL": request.getfixturevalue("redis_server" if broker == "redis" else "rabbitmq").url,
+        "RESULT_BACKEND": request.getfixturevalue("redis_server").url}
     farm = farm_factory(env)
     worker = farm.worker(concurrency=1)
     fh = farm.client()
@@ -531,12 +536,13 @@ def test_a_task_cancelled_while_no_worker_runs_never_runs(broker: str, request: 
     worker.wait(30)
     counter = f"cancel-down-{uuid.uuid4().hex[:8]}"
     queued = fh.submit(counted_task(counter))
-    assert fh.cancel(queued.task_id) == "revoked", "no worker is up to answer"
+    assert fh.cancel(queued.task_id) == ("requested" if broker == "embedded" else "revoked"), "no worker is up to answer"
     worker.start()
     never = queued.result(timeout=60)
     assert (never["state"], never["reason"]) == ("exception", "cancelled"), never
     assert fh.submit(hello()).result(timeout=60)["state"] == "succeeded"
     assert runs_of(client, counter) == 0, "the cancelled task ran"
+    assert "cannot read cancellations" not in worker.log()
 
 
 @pytest.mark.parametrize("broker", ["rabbitmq", "redis"])

@@ -28,12 +28,13 @@ def _store(app: Any) -> BaseKeyValueStoreBackend | None:
     return backend if isinstance(backend, BaseKeyValueStoreBackend) else None
 
 
-def _key(task_id: str) -> str:
-    # The key names a file in the embedded store: an id that is no task id never becomes one.
+def _key(store: BaseKeyValueStoreBackend, task_id: str) -> Any:
+    """The mark's key in the store's own key type (``key_t``): bytes for the embedded store, whose reads take
+    nothing else, str for Redis. The key names a file in the embedded store: an id that is no task id never becomes one."""
     problem = task_id_problem(task_id)
     if problem is not None:
         raise ValueError(f"task_id: {problem}")
-    return PREFIX + task_id
+    return store.key_t(PREFIX + task_id)
 
 
 def can_keep(app: Any) -> bool:
@@ -45,7 +46,7 @@ def mark(app: Any, task_id: str) -> bool:
     store = _store(app)
     if store is None:
         return False
-    store.set(_key(task_id), b"1")
+    store.set(_key(store, task_id), b"1")
     return True
 
 
@@ -56,7 +57,7 @@ def is_marked(app: Any, task_id: str) -> bool:
     if store is None or task_id_problem(task_id) is not None:
         return False
     try:
-        return store.get(_key(task_id)) is not None
+        return store.get(_key(store, task_id)) is not None
     except Exception as exc:  # noqa: BLE001 - a result store outage must not stop tasks from running
         log.warning("cannot read cancellations for %s from the result store: %s", task_id, exc)
         return False

@@ -485,6 +485,9 @@ class Node:
         self._retrier.start()
         collector = Collector(self.config, self.client, owners=frozenset({self.name, "farmhand"}), live=frozenset({self.name}))
         self.disk = DiskGuard(collector, on_change=self._disk_changed).start()
+        # Requests made while no worker ran (`farmhand cancel` on the embedded broker) are handled before the
+        # consumer starts: left to the thread's first pass, a cancelled task waiting in the queue ran first.
+        self._take_local_requests()
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
 
     def stop_housekeeping(self) -> None:
@@ -498,11 +501,7 @@ class Node:
         while not self._stop.wait(0.25):
             self.flush_events()
             try:
-                for command, argument in self.journal.take_requests():
-                    if command == "cancel" and argument:
-                        log.info("cancel %s: %s", argument, self.cancel(argument))
-                    elif command == "drain":
-                        self.drain(float(argument) if argument else None)
+                self._take_local_requests()
                 if time.monotonic() - last_retry >= REPORT_RETRY_INTERVAL:
                     last_retry = time.monotonic()
                     running = set(self.running())
@@ -511,6 +510,13 @@ class Node:
                             self._report_safely(entry.task_id, entry.result, entry.context)
             except Exception:  # noqa: BLE001 - housekeeping must outlive a hiccup
                 log.exception("housekeeping")
+
+    def _take_local_requests(self) -> None:
+        for command, argument in self.journal.take_requests():
+            if command == "cancel" and argument:
+                log.info("cancel %s: %s", argument, self.cancel(argument))
+            elif command == "drain":
+                self.drain(float(argument) if argument else None)
 
 
 def _reply_to(context: dict[str, Any]) -> SimpleNamespace:
