@@ -1,11 +1,19 @@
 """The images `make images` and `make vm-images` bake (packer/), run for real.
 
 - docker: the app image runs `farmhand --version` and holds its rendered config.
-- qemu: the app image boots (software emulation) with two blank extra disks,
-  like an instance with two instance-store disks; at boot the
-  farmhand-ephemeral-storage unit builds the LVM volume over both and mounts
-  it, the loopback modules load, Docker (its data root on the volume) and the
-  farmhand service come up, and `farmhand check` passes.
+- qemu: the baked disk, read offline, holds nothing of the machine that baked
+  it (machine-id, SSH host keys, the worker's state, logs, cloud-init's state,
+  apt lists). Then the app image boots (software emulation) with two blank
+  extra disks, like an instance with two instance-store disks, and a NoCloud
+  seed whose cloud-init user-data configures it (packer/README.md, "First
+  boot"): a config.d drop-in with the broker (a RabbitMQ this test runs on the
+  host's loopback, which the guest reaches as 10.0.2.2) and an env file with
+  the queue. At boot the farmhand-ephemeral-storage unit builds the LVM volume
+  over both disks and mounts it, the loopback modules load, Docker (its data
+  root on the volume) and the farmhand service come up, `farmhand check`
+  passes, a task submitted from the host through the broker runs there and
+  its result comes back, the secrets stay 0600, and the machine-id and SSH
+  host keys are new.
 
 Run by `make images-test` (which builds the images first); slow: see
 packer/README.md for timings.
@@ -16,18 +24,29 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
+import shutil
 import subprocess
+import sys
+import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+
+from dispatch_support import RabbitMQ  # noqa: E402
+from support import wait_until  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 OUTPUT = Path(os.environ.get("FARMHAND_PACKER_OUTPUT", REPO / "build/packer"))
 APP_IMAGE = os.environ.get("FARMHAND_APP_IMAGE", "farmhand-app:latest")
 APP_DISK = OUTPUT / "qemu-farmhand-app" / "farmhand-app.qcow2"
 APP_BOOT = OUTPUT / "farmhand-app-boot"
+BASE_DISK = OUTPUT / "qemu-farmhand-base" / "farmhand-base.qcow2"
 VERSION = re.search(r'__version__ = "([^"]+)"', (REPO / "worker/farmhand/__init__.py").read_text()).group(1)
 FARMHAND = "/opt/farmhand/venv/bin/farmhand"
 
@@ -106,20 +125,131 @@ class VM:
         return res.stdout
 
 
+# The first boot's configuration, as an operator writes it (packer/README.md, "First boot").
+FIRST_BOOT_QUEUE = "firstboot"
+FIRST_BOOT_NODE = "firstboot-vm"
+FIRST_BOOT_IMAGE = "farmhand-firstboot/dash:1"
+DROP_IN = "/etc/farmhand/config.d/50-first-boot.yml"
+ENV_FILE = "/etc/farmhand/farmhand.env"
+GUEST_HOST = "10.0.2.2"  # the host's 127.0.0.1, seen from qemu's user network
+
+
+def user_data(broker_port: int) -> str:
+    drop_in = {
+        "broker": {"url": f"amqp://guest:guest@{GUEST_HOST}:{broker_port}//"},
+        "images": {"allowed": ["farmhand-firstboot/*"]},
+    }
+    doc = {
+        "write_files": [
+            {"path": DROP_IN, "owner": "farmhand:farmhand", "permissions": "0600", "content": yaml.safe_dump(drop_in)},
+            {"path": ENV_FILE, "owner": "root:root", "permissions": "0600",
+             "content": f"QUEUES={FIRST_BOOT_QUEUE}\nNODE_NAME={FIRST_BOOT_NODE}\n"},
+        ],
+    }
+    return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False)
+
+
+class DiskImage:
+    """A qemu disk (ext4, no partition table), read without booting it: converted to raw, read by debugfs."""
+
+    def __init__(self, disk: Path, work: Path) -> None:
+        self.raw = work / (disk.stem + ".raw")
+        self.work = work
+        subprocess.run(["qemu-img", "convert", "-O", "raw", str(disk), str(self.raw)], check=True, timeout=900)
+
+    def debugfs(self, request: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["debugfs", "-R", request, str(self.raw)], capture_output=True, text=True, timeout=300)
+
+    def exists(self, path: str) -> bool:
+        return "File not found" not in self.debugfs(f"stat {path}").stderr
+
+    def read(self, path: str) -> str | None:
+        if not self.exists(path):
+            return None
+        out = self.work / "read.out"
+        self.debugfs(f"dump {path} {out}")
+        return out.read_text(errors="replace")
+
+    def files(self, path: str) -> dict[str, int]:
+        """Every regular file under ``path``: its path, its size."""
+        if not self.exists(path):
+            return {}
+        dump = self.work / ("tree-" + uuid.uuid4().hex)
+        dump.mkdir()
+        self.debugfs(f"rdump {path} {dump}")
+        top = dump / Path(path).name  # rdump copies the directory itself
+        found: dict[str, int] = {}
+        for root, _, names in os.walk(top):
+            for name in names:
+                full = Path(root) / name
+                if full.is_file() and not full.is_symlink():
+                    found["/" + str(full.relative_to(top))] = full.stat().st_size
+        return found
+
+    def remove(self) -> None:
+        self.raw.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="module")
-def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VM]:
+def disks() -> Iterator[dict[str, DiskImage]]:
+    """The app disk as baked, and the base disk whose machine baked it (its machine-id, its host keys)."""
+    for disk in (APP_DISK, BASE_DISK):
+        assert disk.exists(), f"{disk} is missing: run `make vm-images`"
+    work = Path(tempfile.mkdtemp(prefix="farmhand-disks-"))
+    images: dict[str, DiskImage] = {}
+    try:
+        images = {"app": DiskImage(APP_DISK, work), "base": DiskImage(BASE_DISK, work)}
+        yield images
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def bake_identity(disks: dict[str, DiskImage]) -> dict[str, str]:
+    """What identified the machine that baked the app image: the base image's machine-id and SSH host keys."""
+    base = disks["base"]
+    identity = {"machine-id": (base.read("/etc/machine-id") or "").strip()}
+    for kind in ("ed25519", "ecdsa", "rsa"):
+        public = (base.read(f"/etc/ssh/ssh_host_{kind}_key.pub") or "").split()
+        identity[kind] = public[1] if len(public) > 1 else ""
+    assert re.fullmatch(r"[0-9a-f]{32}", identity["machine-id"]), identity
+    assert identity["ed25519"], identity
+    return identity
+
+
+class GuestRabbitMQ(RabbitMQ):
+    """The integration suite's RabbitMQ, with a consumer timeout for a worker under software emulation."""
+
+    CONSUMER_TIMEOUT_MS = 1_800_000
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    rabbit = GuestRabbitMQ(tmp_path_factory.mktemp("first-boot-rabbitmq")).start()
+    try:
+        yield rabbit
+    finally:
+        rabbit.stop()
+
+
+@pytest.fixture(scope="module")
+def vm(tmp_path_factory: pytest.TempPathFactory, broker: RabbitMQ, bake_identity: dict[str, str]) -> Iterator[VM]:
     assert APP_DISK.exists(), f"{APP_DISK} is missing: run `make vm-images`"
     image_dir = subprocess.run(
         ["bash", str(REPO / "scripts/build-vm-image.sh"), "--print-dir"], capture_output=True, text=True, check=True
     ).stdout.strip().splitlines()[-1]
     work = tmp_path_factory.mktemp("app-vm")
+    (work / "user-data").write_text(user_data(broker.port))
+    subprocess.run(["bash", str(REPO / "scripts/make-nocloud-seed.sh"), str(work / "seed.iso"), str(work / "user-data"),
+                    f"farmhand-test-{uuid.uuid4().hex[:8]}"], check=True, timeout=300)
     pidfile = work / "qemu.pid"
     boot = subprocess.run(
         ["bash", str(REPO / "scripts/boot-vm.sh"), "--disk", str(APP_DISK),
          "--kernel", str(APP_BOOT / "vmlinuz"), "--initrd", str(APP_BOOT / "initrd.img"),
          "--ssh-key", f"{image_dir}/id_ed25519", "--extra-disks", "2", "--extra-disk-size", "2G",
-         "--memory", "2048", "--workdir", str(work), "--pidfile", str(pidfile), "--timeout", "600"],
-        capture_output=True, text=True, timeout=700,
+         "--seed", str(work / "seed.iso"),
+         "--memory", "2048", "--workdir", str(work), "--pidfile", str(pidfile), "--timeout", "900"],
+        capture_output=True, text=True, timeout=1000,
     )
     assert boot.returncode == 0, boot.stderr
     env = dict(line.split("=", 1) for line in boot.stdout.splitlines() if "=" in line)
@@ -132,6 +262,33 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VM]:
         yield machine
     finally:
         subprocess.run(["bash", str(REPO / "scripts/boot-vm.sh"), "--stop", "--pidfile", str(pidfile)], check=False)
+
+
+def test_vm_baked_image_holds_nothing_of_the_baking_machine(disks: dict[str, DiskImage]) -> None:
+    """Read offline, before any boot: what the bake must have cleaned (packer/playbooks/clean.yml)."""
+    app = disks["app"]
+    assert app.read("/etc/machine-id") == "", "machine-id: not emptied"
+    assert not app.exists("/var/lib/dbus/machine-id")
+    assert not [f for f in app.files("/etc/ssh") if "ssh_host_" in f], app.files("/etc/ssh")
+    # The worker's state: its working dir (journal, embedded broker, results, pending uploads).
+    working_dir = yaml.safe_load(app.read("/etc/farmhand/config.yml") or "{}")["working_dir"]
+    assert app.exists(working_dir) and app.files(working_dir) == {}, app.files(working_dir)
+    assert app.files("/var/lib/farmhand") == {}
+    # Logs: no journal file at all; every other log empty, wtmp aside (poweroff writes its record after the clean).
+    logs = app.files("/var/log")
+    assert not [f for f in logs if f.startswith("/journal/")], logs
+    assert {f: size for f, size in logs.items() if size and f != "/wtmp"} == {}, logs
+    # cloud-init runs again at the first boot; apt's lists are fetched again by whoever needs them.
+    assert app.files("/var/lib/cloud") == {}, app.files("/var/lib/cloud")
+    assert not app.exists("/var/lib/cloud/instance")
+    assert {f for f in app.files("/var/lib/apt/lists") if f != "/lock"} == set(), app.files("/var/lib/apt/lists")
+    assert app.files("/var/cache/apt/archives").keys() <= {"/lock"}
+    # What makes the keys back at boot is there, cloud-init included.
+    assert app.exists("/etc/systemd/system/farmhand-ssh-host-keys.service")
+    assert app.exists("/etc/systemd/system/ssh.service.wants/farmhand-ssh-host-keys.service")
+    assert app.exists("/usr/bin/cloud-init")
+    # cloud-init stayed off at the bake's boot (no seed, no datasource): none of its instance set-up is baked in.
+    assert not app.exists("/home/debian")
 
 
 def test_vm_boot_units_succeeded(vm: VM) -> None:
@@ -174,5 +331,89 @@ def test_vm_farmhand_check_passes(vm: VM) -> None:
     res = vm.ssh(cmd)
     print(res.stdout)
     assert res.returncode == 0, res.stdout + res.stderr
+    # It says which drop-in it merged, and reaches the broker the drop-in names.
+    assert DROP_IN in res.stdout, res.stdout
     assert VERSION in vm.out(f"{FARMHAND} --version")
     assert "/mnt/farmhand" in vm.out("grep -E '^working_dir:' /etc/farmhand/config.yml")
+
+
+# --- qemu: configured at first boot by cloud-init ----------------------------
+
+BUILD_IMAGE = f"""
+set -e
+docker image inspect {FIRST_BOOT_IMAGE} >/dev/null 2>&1 && exit 0
+d=$(mktemp -d); cd $d; mkdir -m 1777 tmp
+for f in /usr/bin/dash $(ldd /usr/bin/dash | grep -o '/[^ ]*'); do cp --parents -L $f .; done
+tar -c . | docker import - {FIRST_BOOT_IMAGE} >/dev/null; rm -rf $d
+"""
+
+
+def test_vm_cloud_init_ran_from_the_nocloud_seed(vm: VM) -> None:
+    status = vm.ssh("cloud-init status --long --wait", timeout=600)
+    print(status.stdout)
+    assert "status: done" in status.stdout, status.stdout + status.stderr
+    assert "NoCloud" in status.stdout, status.stdout
+    # The worker started after cloud-init wrote its files (the unit's After=).
+    order = vm.out("systemctl show farmhand -p After --value").split()
+    assert "cloud-init.service" in order and "cloud-config.service" in order, order
+
+
+def test_vm_first_boot_secrets_stay_0600(vm: VM) -> None:
+    assert vm.out(f"stat -c '%a %U:%G' {DROP_IN} {ENV_FILE}").split("\n")[:2] == ["600 farmhand:farmhand", "600 root:root"]
+    assert vm.out("stat -c '%a %U:%G' /etc/farmhand /etc/farmhand/config.d").split("\n")[:2] == ["750 root:farmhand"] * 2
+    # The worker's user reads its drop-in; any other user reads neither.
+    assert vm.ssh(f"runuser -u farmhand -- cat {DROP_IN}").returncode == 0
+    for path in (DROP_IN, ENV_FILE):
+        res = vm.ssh(f"runuser -u nobody -- cat {path}")
+        assert res.returncode != 0 and "guest:guest" not in res.stdout, res.stdout
+    # The env file reached the service (systemd read it as root).
+    env = vm.out("tr '\\0' '\\n' < /proc/$(systemctl show farmhand -p MainPID --value)/environ")
+    assert f"QUEUES={FIRST_BOOT_QUEUE}" in env.splitlines(), env
+
+
+def test_vm_machine_id_and_ssh_host_keys_are_new(vm: VM, bake_identity: dict[str, str]) -> None:
+    machine_id = vm.out("cat /etc/machine-id").strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", machine_id), machine_id
+    assert machine_id != bake_identity["machine-id"]
+    for kind in ("ed25519", "ecdsa", "rsa"):
+        key = vm.out(f"cut -d' ' -f2 /etc/ssh/ssh_host_{kind}_key.pub").strip()
+        assert key and key != bake_identity.get(kind), kind
+    # Only this boot's journal: none of the bake's.
+    boots = [line for line in vm.out("journalctl --list-boots --no-pager").splitlines() if line.strip() and "BOOT ID" not in line]
+    assert len(boots) == 1, boots
+
+
+def test_vm_task_submitted_through_the_host_broker_runs(vm: VM, broker: RabbitMQ, tmp_path: Path) -> None:
+    """The worker, configured only by the seed, consumes the env file's queue on the drop-in's broker."""
+    vm.out(f"bash -c {shlex.quote(BUILD_IMAGE)}")
+    try:
+        wait_until(lambda: broker._queue_counts("consumers").get(FIRST_BOOT_QUEUE, 0) >= 1, 300,
+                   f"the VM's worker to consume {FIRST_BOOT_QUEUE!r} on the host's RabbitMQ")
+    except AssertionError:
+        print(vm.ssh("systemctl status --no-pager farmhand; journalctl -b -u farmhand --no-pager | tail -40").stdout)
+        raise
+    task_id = f"first-boot-{uuid.uuid4().hex[:8]}"
+    task = {
+        "task_id": task_id,
+        "image": FIRST_BOOT_IMAGE,
+        "pull": "never",
+        "network": "none",
+        "max_run_time": 600,
+        "command": ["/usr/bin/dash", "-c", "echo configured at first boot > /tmp/hello.txt"],
+        "artifacts": [{"path": "/tmp/hello.txt", "name": "hello.txt"}],
+    }
+    (tmp_path / "task.json").write_text(json.dumps(task))
+    (tmp_path / "config.yml").write_text(yaml.safe_dump({"working_dir": str(tmp_path / "work"), "broker": {"url": broker.url}}))
+    res = subprocess.run(
+        [str(REPO / ".venv/bin/farmhand"), "--config", str(tmp_path / "config.yml"), "submit", "--queue", FIRST_BOOT_QUEUE,
+         "--wait", "--timeout", "900", "--json", str(tmp_path / "task.json")],
+        capture_output=True, text=True, timeout=960, env={**os.environ, "FARMHAND_CONFIG": ""},
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    result = json.loads(res.stdout)  # the result document
+    assert result["state"] == "succeeded", result
+    (artifact,) = result["artifacts"]
+    location = artifact["location"]
+    assert location.startswith("file:///mnt/farmhand/"), artifact
+    assert vm.out(f"cat {location[len('file://'):]}") == "configured at first boot\n"
+    assert task_id in vm.out("journalctl -b -u farmhand -o cat --no-pager")
