@@ -155,6 +155,49 @@ def _link_member(earlier: tuple[Path, FileEntry], dest: Path, budget: Budget) ->
     return FileEntry(path="", size=entry.size, sha256=entry.sha256)
 
 
+#: What ``tarfile.data_filter`` raises. The filters came with Python 3.11.4: Debian 12's python3 (3.11.2, which
+#: the appliance and the worker's container image run) has neither, and ``_data_filter`` refuses the same there.
+FilterError: type[Exception] = getattr(tarfile, "FilterError", ValueError)
+
+
+def _data_filter(member: tarfile.TarInfo, dest: str) -> None:
+    """``tarfile.data_filter``'s verdict on ``member`` extracted under ``dest``: raises ``FilterError`` when refused."""
+    stdlib = getattr(tarfile, "data_filter", None)
+    if stdlib is not None:
+        stdlib(member, dest)
+        return
+    refused = data_filter_refusal(member, dest)
+    if refused is not None:
+        raise FilterError(refused)
+
+
+def data_filter_refusal(member: tarfile.TarInfo, dest: str) -> str | None:
+    """Why the stdlib's ``data`` filter (Python 3.11.4+) refuses ``member``, in its words; None if it accepts it.
+
+    Only its refusals: what it would change (modes, owners) does not matter here, where only regular files'
+    bytes are written. Names keep their meaning as on the stdlib: a leading ``/`` is stripped, not refused.
+    """
+    dest = os.path.realpath(dest)
+    name = member.name.lstrip("/")
+
+    def outside(path: str) -> bool:
+        return os.path.commonpath([path, dest]) != dest
+
+    target = os.path.realpath(os.path.join(dest, name))
+    if outside(target):
+        return f"{member.name!r} would be extracted to {target!r}, which is outside the destination"
+    if not (member.isreg() or member.islnk() or member.isdir() or member.issym()):
+        return f"{member.name!r} is a special file"
+    if member.islnk() or member.issym():
+        if os.path.isabs(member.linkname):
+            return f"{member.name!r} is a link to an absolute path"
+        base = os.path.join(dest, os.path.dirname(name)) if member.issym() else dest
+        link_target = os.path.realpath(os.path.join(base, member.linkname))
+        if outside(link_target):
+            return f"{member.name!r} would link to {link_target!r}, which is outside the destination"
+    return None
+
+
 def _extract(tar: tarfile.TarFile, spec: ArtifactSpec, root: Path, item: Collected, budget: Budget) -> None:
     """Write the members of one artifact's archive under ``root``.
 
@@ -169,8 +212,8 @@ def _extract(tar: tarfile.TarFile, spec: ArtifactSpec, root: Path, item: Collect
         rel = PurePosixPath(*parts[1:]) if len(parts) > 1 else PurePosixPath("")
         try:
             # Rejects absolute names, "..", and anything that would land outside root.
-            tarfile.data_filter(member, str(root.parent))
-        except tarfile.FilterError as exc:
+            _data_filter(member, str(root.parent))
+        except FilterError as exc:
             item.skipped.append(f"{member.name}: {exc}")
             continue
         if rel.parts:

@@ -189,6 +189,7 @@ def _sftp(config: WorkerConfig) -> Check:
 def _loopback_devices(config: WorkerConfig, sys_root: Path = Path("/sys"), proc_root: Path = Path("/proc")) -> Check:
     """The pool the worker will find, each device's holder, and how many device tasks the node can run at once."""
     from farmhand.devices import KINDS, DevicePool
+    from farmhand.in_container import LOOPBACK_DEVICES, hint
 
     pool = DevicePool.discover(config.loopback_video_label, config.device_lock_dir, sys_root, proc_root)
     sizes = pool.sizes()
@@ -200,7 +201,7 @@ def _loopback_devices(config: WorkerConfig, sys_root: Path = Path("/sys"), proc_
             "loopback devices",
             False,
             f"allow.loopback_devices is true but this host has none (no video4linux device named {config.loopback_video_label!r}, no snd-aloop card): "
-            "enable the loopback_devices role",
+            f"enable the loopback_devices role{hint(LOOPBACK_DEVICES)}",
         )
     slots = config.node.slots
     capped = min(sizes[k] for k in KINDS if sizes[k]) if any(sizes.values()) else 0

@@ -271,6 +271,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         held = hold(config.working_dir / WORKER_LOCK, f"WORKING_DIR {config.working_dir}")
     except Held as exc:
         raise ConfigError(f"{exc}: another farmhand worker serves it; one worker per WORKING_DIR") from None
+    except OSError as exc:  # not this user's (a container's WORKING_DIR left to root), or not a directory
+        from farmhand.in_container import WORKING_DIR, hint
+
+        raise ConfigError(f"WORKING_DIR {config.working_dir}: cannot take its lock as uid {os.getuid()}: {exc.strerror or exc}{hint(WORKING_DIR)}") from None
     client = connect(config)
     node = Node(make_app(config), config, client)
     set_current(node)
@@ -491,7 +495,9 @@ def cmd_firewall(args: argparse.Namespace) -> int:
         print(f"farmhand: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except firewall.FirewallError as exc:
-        print(f"farmhand: firewall: {exc}", file=sys.stderr)
+        from farmhand.in_container import FIREWALL, hint
+
+        print(f"farmhand: firewall: {exc}{hint(FIREWALL)}", file=sys.stderr)
         return EXIT["exception"]
     for note in report.notes:
         print(f"firewall: note: {note}")

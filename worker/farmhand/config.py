@@ -1,4 +1,4 @@
-"""The worker's configuration: one YAML file, overridden by environment variables.
+"""The worker's configuration: one YAML file, the drop-ins of its config.d/, then environment variables.
 
 The config is the host's policy. Tasks ask, the config decides; so every
 value is validated at start-up and a bad one stops the worker with a line
@@ -21,6 +21,11 @@ from farmhand.resources import HostCapacity, Resources, parse_size
 from farmhand.validation import errors_for
 
 DEFAULT_CONFIG_PATH = "/etc/farmhand/config.yml"
+#: Drop-ins merged over the config file, in name order: a baked image's
+#: instance gets its broker, credentials and queues there at first boot
+#: (cloud-init write_files, packer/README.md) without touching the image's file.
+CONFIG_D = "config.d"
+CONFIG_D_SUFFIXES = (".yml", ".yaml")
 
 #: Docker's default capability set minus what a batch task has no business
 #: with (raw sockets, mknod, setfcap, audit, chroot, setpcap).
@@ -101,6 +106,8 @@ ENV_OVERRIDES: dict[str, tuple[tuple[str, ...], Callable[[str], Any]]] = {
     "FARMHAND_KILL_GRACE": (("limits", "kill_grace"), float),
     "FARMHAND_SFTP_PRIVATE_KEY": (("sftp", "private_key"), str),
     "FARMHAND_SFTP_KNOWN_HOSTS": (("sftp", "known_hosts"), str),
+    # images.allowed, comma separated: a worker configured by env alone (the container image) runs something.
+    "FARMHAND_IMAGES_ALLOWED": (("images", "allowed"), lambda raw: [p.strip() for p in raw.split(",") if p.strip()]),
     # The seeds' names (Zimfarm, saltant, cyberCommons) for the dispatcher's settings.
     "BROKER_URL": (("broker", "url"), str),
     "RESULT_BACKEND": (("broker", "result_backend"), str),
@@ -445,7 +452,10 @@ class WorkerConfig:
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and key != "registries":
+        if key == "registries" and isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            # One registry's credentials are one value: merged per registry, never field by field.
+            out[key] = {**out[key], **copy.deepcopy(dict(value))}
+        elif isinstance(value, Mapping) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -472,37 +482,73 @@ def _apply_env(doc: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
 
 
 def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> WorkerConfig:
-    """Read the config file (none at all means defaults), apply env overrides, validate.
+    """Read the config file (none at all means defaults), merge its config.d/ drop-ins, apply env overrides, validate.
 
     ``path`` defaults to $FARMHAND_CONFIG, then /etc/farmhand/config.yml. A path
-    given explicitly must exist; the default one may be absent.
+    given explicitly must exist; the default one may be absent. The drop-ins
+    (``config.d/*.yml`` next to it, in name order) are merged over it key by
+    key, each one checked on its own first so that an error names its file.
     """
     environ = os.environ if environ is None else environ
     explicit = path is not None or bool(environ.get("FARMHAND_CONFIG"))
     cfg_path = Path(path or environ.get("FARMHAND_CONFIG") or DEFAULT_CONFIG_PATH)
     file_doc: Any = {}
     source = "defaults"
-    if cfg_path.exists():
-        try:
-            file_doc = read_document(cfg_path, root="config") or {}
-        except DocumentError as exc:  # unreadable, too big, not YAML, an alias, a duplicate key...
-            raise ConfigError(str(exc)) from None
+    try:
+        found = cfg_path.exists()
+    except OSError as exc:  # a directory on the way this user may not enter
+        raise ConfigError(f"{cfg_path}: cannot be read: {exc.strerror or exc}") from None
+    if found:
+        file_doc = _read_config_file(cfg_path)
         source = str(cfg_path)
     elif explicit:
         raise ConfigError(f"{cfg_path}: config file does not exist")
-    if not isinstance(file_doc, dict):
-        raise ConfigError(f"{cfg_path}: the top level must be a mapping of settings")
 
-    passwords = [p for p in (environ.get("PASSWORD"), (file_doc.get("broker") or {}).get("password")) if isinstance(p, str) and p]
-    errors = errors_for("config-v1.json", file_doc, "config")
-    if errors:
-        raise ConfigError(f"{source}: invalid configuration:\n" + _listed(errors, passwords))
-    doc = _merge(DEFAULTS, file_doc)
+    layers: list[tuple[Path, dict[str, Any]]] = [(cfg_path, file_doc)] if source != "defaults" else []
+    drop_ins = config_d_files(cfg_path)
+    layers += [(drop_in, _read_config_file(drop_in)) for drop_in in drop_ins]
+    passwords = [p for p in [environ.get("PASSWORD")] + [_password_of(doc) for _, doc in layers] if isinstance(p, str) and p]
+    doc = copy.deepcopy(DEFAULTS)
+    for layer_path, layer in layers:
+        errors = errors_for("config-v1.json", layer, "config")
+        if errors:
+            raise ConfigError(f"{layer_path}: invalid configuration:\n" + _listed(errors, passwords))
+        doc = _merge(doc, layer)
+    if drop_ins:
+        source = f"{source} + {', '.join(str(d) for d in drop_ins)}"
     env_errors = _apply_env(doc, environ)
     errors = env_errors + errors_for("config-v1.json", doc, "config") or _firewall_errors(doc["firewall"])
     if errors:
         raise ConfigError("invalid configuration:\n" + _listed(errors, passwords))
     return _typed(doc, source)
+
+
+def config_d_files(cfg_path: Path) -> list[Path]:
+    """The drop-ins of ``cfg_path``'s ``config.d/``, in the order they are merged (by name); hidden files are skipped."""
+    directory = cfg_path.parent / CONFIG_D
+    try:
+        entries = sorted(directory.iterdir(), key=lambda p: p.name)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise ConfigError(f"{directory}: cannot be listed: {exc.strerror or exc}") from None
+    return [p for p in entries if p.suffix in CONFIG_D_SUFFIXES and not p.name.startswith(".") and not p.is_dir()]
+
+
+def _read_config_file(cfg_path: Path) -> dict[str, Any]:
+    try:
+        doc = read_document(cfg_path, root="config") or {}
+    except DocumentError as exc:  # unreadable, too big, not YAML, an alias, a duplicate key...
+        text = str(exc)
+        raise ConfigError(text if str(cfg_path) in text else f"{cfg_path}: {text}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{cfg_path}: the top level must be a mapping of settings")
+    return doc
+
+
+def _password_of(doc: Mapping[str, Any]) -> Any:
+    broker = doc.get("broker")
+    return broker.get("password") if isinstance(broker, Mapping) else None
 
 
 #: user:password@ in anything URL-like, malformed URLs included (amqp//u:PW@h).

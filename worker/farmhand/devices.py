@@ -261,9 +261,11 @@ class DevicePool:
         """
         missing = [kind for kind in kinds if not self.of_kind(kind)]
         if missing:
+            from farmhand.in_container import LOOPBACK_DEVICES, hint
+
             raise DeviceUnavailable(
                 f"this host has no loopback {' or '.join(missing)} device (the loopback_devices role sets them up; "
-                "`farmhand check` lists what the worker found)"
+                f"`farmhand check` lists what the worker found){hint(LOOPBACK_DEVICES)}"
             )
         deadline = time.monotonic() + wait
         said = False

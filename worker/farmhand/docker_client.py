@@ -44,8 +44,10 @@ def connect(config: WorkerConfig) -> docker.DockerClient:
             client.api.trust_env = False
         client.ping()
     except DockerException as exc:
+        from farmhand.in_container import DOCKER_SOCKET, hint
+
         where = config.docker_base_url or "DOCKER_HOST or /var/run/docker.sock"
-        raise ConfigError(f"docker: cannot reach the Docker engine at {where}: {exc}") from exc
+        raise ConfigError(f"docker: cannot reach the Docker engine at {where}: {exc}{hint(DOCKER_SOCKET)}") from exc
     return client
 
 

@@ -440,16 +440,18 @@ def remove() -> Report:
 
 def host_check(config: Any) -> tuple[str, bool, str]:
     """The ``firewall`` line of ``farmhand check``."""
+    from farmhand.in_container import FIREWALL, hint
+
     if os.geteuid() != 0:
-        return ("firewall", True, "not checked: reading iptables needs root (run `farmhand firewall check` as root)")
+        return ("firewall", True, f"not checked: reading iptables needs root (run `farmhand firewall check` as root){hint(FIREWALL)}")
     try:
         enabled, policy = policy_from_config(config)
         if not enabled:
             return ("firewall", True, "disabled by the config: task networks may reach this host and link-local addresses")
         problems = check(policy)
     except (ValueError, FirewallError) as exc:
-        return ("firewall", False, str(exc))
+        return ("firewall", False, f"{exc}{hint(FIREWALL)}")
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        return ("firewall", False, f"{problems[0]}{more}: run `farmhand firewall apply` as root, or restart farmhand")
+        return ("firewall", False, f"{problems[0]}{more}: run `farmhand firewall apply` as root, or restart farmhand{hint(FIREWALL)}")
     return ("firewall", True, policy.summary())

@@ -25,6 +25,7 @@ from docker.errors import APIError, DockerException, NotFound
 from farmhand.config import HostMountRule, host_mount_rule, under
 from farmhand.docker_client import error_text
 from farmhand.errors import Cancelled, PolicyDenied, ServiceUnready, TaskProblem
+from farmhand.in_container import HOST_MOUNTS, hint
 from farmhand.task import Service
 
 TASK_LABEL = "farmhand.task-id"
@@ -134,13 +135,13 @@ def resolve_host_mount(source: str, rules: Sequence[HostMountRule], *, writable:
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            raise PolicyDenied([f"{field}: host path {source!r} does not exist on this host"]) from None
+            raise PolicyDenied([f"{field}: host path {source!r} does not exist on this host{hint(HOST_MOUNTS)}"]) from None
         except OSError as exc:
             raise PolicyDenied([f"{field}: host path {source!r} cannot be looked at ({path}: {exc.strerror})"]) from None
         if stat.S_ISLNK(st.st_mode):
             raise PolicyDenied([f"{field}: host path {source!r} goes through a symbolic link ({path}); it is not mounted"])
     if not os.path.lexists(path):
-        raise PolicyDenied([f"{field}: host path {source!r} does not exist on this host"])
+        raise PolicyDenied([f"{field}: host path {source!r} does not exist on this host{hint(HOST_MOUNTS)}"])
     return path
 
 
