@@ -84,10 +84,18 @@ vm-images: vm-image
 	$(PACKER_BUILD) -only=qemu.debian12 packer/base
 	$(PACKER_BUILD) -only=qemu.debian12 packer/app
 
-# images-test runs the docker app image; vm-images-test boots the qemu app
+# The worker as a container (README.md): a debootstrap'd Debian 12 base (cached
+# by tag), the locked wheelhouse, worker/container/Containerfile.
+.PHONY: worker-image
+worker-image: test-images venv
+	bash scripts/build-worker-image.sh
+
+# images-test runs the docker app image and the worker container (a task to
+# SFTP, a killed worker container replaced); vm-images-test boots the qemu app
 # image (slow: software emulation). Each builds its images first.
-images-test: images venv
+images-test: images worker-image venv
 	$(PY) -m pytest tests/appliance/test_images.py -k docker_app $(PYTEST_ARGS)
+	$(PY) -m pytest tests/appliance/test_worker_container.py $(PYTEST_ARGS)
 
 vm-images-test: vm-images venv
 	$(PY) -m pytest tests/appliance/test_images.py -k vm_ $(PYTEST_ARGS)

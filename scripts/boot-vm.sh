@@ -6,7 +6,7 @@
 #   scripts/boot-vm.sh [--image DIR] [--disk ROOT] [--kernel F --initrd F --cmdline S]
 #                      [--ssh-key F] [--extra-disks N] [--extra-disk-size 2G]
 #                      [--ssh-port P] [--memory MiB] [--cpus N] [--workdir D]
-#                      [--pidfile F] [--timeout S]
+#                      [--pidfile F] [--timeout S] [--seed ISO]
 #   scripts/boot-vm.sh --stop --pidfile F
 #
 # --image DIR   a directory as build-vm-image.sh makes it (root.img, vmlinuz,
@@ -14,6 +14,8 @@
 # --disk ROOT   boot this disk instead (raw or qcow2, e.g. a Packer qemu output);
 #               --kernel/--initrd/--cmdline/--ssh-key default to the image DIR's.
 # --extra-disks N  attach N blank raw disks (vdb, vdc, ...) of --extra-disk-size.
+# --seed ISO    attach ISO read-only after the extra disks: a cloud-init NoCloud
+#               seed (scripts/make-nocloud-seed.sh), found by its label cidata.
 # --ssh-port P  host port forwarded to the VM's port 22 on 127.0.0.1 (default: a free one).
 # --pidfile F   qemu's pid goes there (default WORKDIR/qemu.pid); F.env records
 #               the VM's details for --stop.
@@ -31,7 +33,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
-image='' disk='' kernel='' initrd='' cmdline='' key=''
+image='' disk='' kernel='' initrd='' cmdline='' key='' seed=''
 extra=0 extra_size=2G port='' memory=2048 cpus=2 workdir='' pidfile='' timeout=300 stop=0
 while (($#)); do
   case $1 in
@@ -43,6 +45,7 @@ while (($#)); do
     --ssh-key) key=$2; shift ;;
     --extra-disks) extra=$2; shift ;;
     --extra-disk-size) extra_size=$2; shift ;;
+    --seed) seed=$2; shift ;;
     --ssh-port) port=$2; shift ;;
     --memory) memory=$2; shift ;;
     --cpus) cpus=$2; shift ;;
@@ -112,6 +115,10 @@ for ((i = 0; i < extra; i++)); do
   truncate -s "$extra_size" "$workdir/extra$i.img"
   drives+=(-drive "file=$workdir/extra$i.img,if=virtio,format=raw")
 done
+if [ -n "$seed" ]; then
+  [ -f "$seed" ] || { echo "boot-vm: missing $seed" >&2; exit 2; }
+  drives+=(-drive "file=$(cd "$(dirname "$seed")" && pwd)/$(basename "$seed"),if=virtio,format=raw,readonly=on")
+fi
 
 : >"$workdir/console.log"
 qemu-system-x86_64 -accel tcg -m "$memory" -smp "$cpus" \
