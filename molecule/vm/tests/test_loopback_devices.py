@@ -13,12 +13,7 @@ import json
 import shlex
 import time
 
-import os
-
 import pytest
-
-# The two task tests are not yet seen passing end to end under emulation (molecule/README.md).
-UNPROVEN = pytest.mark.skipif(os.environ.get("FARMHAND_VM_UNPROVEN") != "1", reason="not yet proven under TCG; FARMHAND_VM_UNPROVEN=1 runs it")
 
 FARMHAND = "/opt/farmhand/venv/bin/farmhand"
 BASE = "/mnt/fh-devices"
@@ -103,7 +98,9 @@ def container_of(task_id: str) -> str:
 
 
 def start_worker(host) -> None:
-    sh(host, f"cd / && setsid {FARMHAND} --config {CONFIG} worker > {BASE}/worker.log 2>&1 < /dev/null &")
+    # setsid -f: the worker in a session of its own, and the shell (so ssh) returns at once. With `... &` the
+    # shell's background subshell kept ssh's output open while it waited for the worker: the call never returned.
+    sh(host, f"cd / && setsid -f {FARMHAND} --config {CONFIG} worker > {BASE}/worker.log 2>&1 < /dev/null")
     wait_for(host, "the worker ready", f"grep -l 'ready' {BASE}/worker.log || grep -l 'celery@' {BASE}/worker.log", 300)
 
 
@@ -132,11 +129,11 @@ def let_go(host, task_id: str) -> None:
 
 def holders(host) -> dict[str, str]:
     """Which task each device's claim names, as the lock directory says (a claim counts while the task journals it)."""
-    out = host.run(f"for f in {LOCKS}/*.claim; do [ -e \"$f\" ] && printf '%s %s\\n' \"$(basename $f .claim)\" \"$(cat $f)\"; done")
+    out = host.run(f"cd {LOCKS} && ls -1 -- *.claim 2>/dev/null || true")
     found = {}
-    for line in out.stdout.splitlines():
-        name, _, claim = line.partition(" ")
-        task_dir = json.loads(claim)["task_dir"]
+    for claim_file in out.stdout.split():
+        name = claim_file.removesuffix(".claim")
+        task_dir = json.loads(host.file(f"{LOCKS}/{claim_file}").content_string)["task_dir"]
         if host.file(f"{task_dir}/devices.json").exists and name in host.file(f"{task_dir}/devices.json").content_string:
             found[name] = task_dir.rsplit("/", 1)[-1]
     return found
@@ -171,7 +168,6 @@ def test_the_headers_metapackage_follows_the_kernel_flavour(host):
     assert host.package(f"linux-headers-{flavour}").is_installed
 
 
-@UNPROVEN
 def test_tasks_get_their_own_camera_and_a_third_waits_then_runs_and_a_restart_keeps_them(host, worker):
     submit(host, "cam-a", QUERYCAP, video=True)
     submit(host, "cam-b", QUERYCAP, video=True)
@@ -207,7 +203,6 @@ def test_tasks_get_their_own_camera_and_a_third_waits_then_runs_and_a_restart_ke
     assert holders(host) == {}
 
 
-@UNPROVEN
 def test_a_tone_played_into_the_card_is_recorded_from_its_other_side(host, worker):
     submit(host, "tone", TONE, audio=True)
     res = result(host, "tone")
