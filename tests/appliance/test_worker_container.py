@@ -20,9 +20,7 @@ Run by `make images-test` (which builds the image first).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -33,12 +31,11 @@ from typing import Any, Iterator
 
 import docker
 import pytest
-import redis as redis_lib
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
-from dispatch_support import RabbitMQ, Redis, discard_left_tasks, serving, settled  # noqa: E402
+from dispatch_support import RabbitMQ, Redis, ResultCounter, discard_left_tasks, journal_row, serving, settled  # noqa: E402
 from farmhand import keys  # noqa: E402
 from farmhand.client import Client  # noqa: E402
 from farmhand.config import load_config  # noqa: E402
@@ -171,14 +168,7 @@ class WorkerContainer:
 
     def journal(self, task_id: str) -> tuple[Any, ...] | None:
         """(stage, reported_at) of the task in the worker's journal, read from the host: the same WORKING_DIR."""
-        path = self.working_dir / "journal.sqlite"
-        if not path.exists():
-            return None
-        try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-                return db.execute("SELECT stage, reported_at FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        except sqlite3.Error:
-            return None
+        return journal_row(self.working_dir, task_id)
 
 
 class Node:
@@ -246,21 +236,6 @@ def node(request: pytest.FixtureRequest, image: str, tmp_path: Path, rabbitmq: R
         yield n
     finally:
         n.close(docker_client)
-
-
-class ResultCounter:
-    """Final results stored for a task: the Redis result store publishes each store on the task's key."""
-
-    def __init__(self, url: str, task_id: str) -> None:
-        self.pubsub = redis_lib.Redis.from_url(url).pubsub()
-        self.pubsub.subscribe(f"celery-task-meta-{task_id}")
-        self.finals = 0
-
-    def count(self) -> int:
-        while (msg := self.pubsub.get_message(timeout=0.2)) is not None:
-            if msg.get("type") == "message" and json.loads(msg["data"]).get("status") in ("SUCCESS", "FAILURE"):
-                self.finals += 1
-        return self.finals
 
 
 def landed(warehouse: Warehouse, doc: dict[str, Any], name: str) -> bytes:

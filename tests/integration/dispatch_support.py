@@ -265,14 +265,7 @@ class WorkerProcess:
                 self.proc.wait(10)
 
     def _journal(self, task_id: str) -> tuple[Any, ...] | None:
-        path = self.working_dir / "journal.sqlite"
-        if not path.exists():
-            return None
-        try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
-                return db.execute("SELECT stage, reported_at FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
-        except sqlite3.Error:
-            return None
+        return journal_row(self.working_dir, task_id)
 
     def journal_stage(self, task_id: str) -> str | None:
         row = self._journal(task_id)
@@ -291,6 +284,33 @@ class WorkerProcess:
         """The worker has reported the task's result (and so will not report it again)."""
         row = self._journal(task_id)
         return bool(row and row[1] is not None)
+
+
+def journal_row(working_dir: Path, task_id: str) -> tuple[Any, ...] | None:
+    """(stage, reported_at) of a task in the journal of the worker whose WORKING_DIR this is, read-only."""
+    path = working_dir / "journal.sqlite"
+    if not path.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT stage, reported_at FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    except sqlite3.Error:
+        return None
+
+
+class ResultCounter:
+    """Counts final results stored for a task in Redis (the backend publishes each store on the task's key)."""
+
+    def __init__(self, url: str, task_id: str) -> None:
+        self.pubsub = redis_lib.Redis.from_url(url).pubsub()
+        self.pubsub.subscribe(f"celery-task-meta-{task_id}")
+        self.finals = 0
+
+    def count(self) -> int:
+        while (msg := self.pubsub.get_message(timeout=0.2)) is not None:
+            if msg.get("type") == "message" and json.loads(msg["data"]).get("status") in ("SUCCESS", "FAILURE"):
+                self.finals += 1
+        return self.finals
 
 
 def tcp_client_ports(pid: int, server_port: int) -> set[int]:

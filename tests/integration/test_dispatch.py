@@ -23,7 +23,7 @@ import pytest
 import redis as redis_lib
 import yaml
 
-from dispatch_support import MostRunning, RabbitMQ, Redis, LocalPKI, tcp_client_ports, WorkerProcess, counted_task, discard_left_tasks, runs_of, serving, settled, sleep_task, wait_until
+from dispatch_support import MostRunning, RabbitMQ, Redis, LocalPKI, ResultCounter, tcp_client_ports, WorkerProcess, counted_task, discard_left_tasks, runs_of, serving, settled, sleep_task, wait_until
 from farmhand.client import Client
 from farmhand.config import load_config
 from farmhand.sandbox import ROLE_LABEL, TASK_LABEL
@@ -227,21 +227,6 @@ def test_embedded_cancel_reaches_the_worker_through_its_journal(farm_factory: Ca
     fh.cancel(handle.task_id)
     doc = handle.result(timeout=30)
     assert (doc["state"], doc["reason"]) == ("exception", "cancelled")
-
-
-class ResultCounter:
-    """Counts final results stored for a task in Redis (the backend publishes each store on the task's key)."""
-
-    def __init__(self, url: str, task_id: str) -> None:
-        self.pubsub = redis_lib.Redis.from_url(url).pubsub()
-        self.pubsub.subscribe(f"celery-task-meta-{task_id}")
-        self.finals = 0
-
-    def count(self) -> int:
-        while (msg := self.pubsub.get_message(timeout=0.2)) is not None:
-            if msg.get("type") == "message" and json.loads(msg["data"]).get("status") in ("SUCCESS", "FAILURE"):
-                self.finals += 1
-        return self.finals
 
 
 @pytest.mark.parametrize("stage", ["prepare", "run", "upload"])
