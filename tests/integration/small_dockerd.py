@@ -19,8 +19,10 @@ import signal
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import docker
+import requests
 
 from support import BUSYBOX, wait_until
 
@@ -34,7 +36,8 @@ BRIDGE, BRIDGE_ADDRESS = "smalldockerd0", "10.212.0.1/24"
 class SmallDockerd:
     """Start with ``start()``, end with ``stop()``; ``mount`` is the tmpfs, ``data_root`` Docker's data root on it."""
 
-    def __init__(self, size_mib: int = 320) -> None:
+    def __init__(self, size_mib: int = 320, extra_args: tuple[str, ...] = ()) -> None:
+        self.extra_args = extra_args
         # A short path: containerd's sockets live under the exec root, and a Unix socket path has 107 bytes at most.
         self.base = Path(tempfile.mkdtemp(prefix="fh-dd-", dir="/tmp"))
         self.size_mib = size_mib
@@ -58,6 +61,12 @@ class SmallDockerd:
         subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
         subprocess.run(["ip", "addr", "add", BRIDGE_ADDRESS, "dev", BRIDGE], check=True)
         subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
+        self._launch()
+        assert self.client is not None
+        self.client.images.load(b"".join(host_client.images.get(BUSYBOX).save(named=True)))
+        return self
+
+    def _launch(self) -> None:
         self.proc = subprocess.Popen(
             [
                 shutil.which("dockerd") or "/usr/sbin/dockerd",
@@ -70,8 +79,9 @@ class SmallDockerd:
                 "--ip-masq=false",
                 "--default-address-pool", ADDRESS_POOL,
                 "--log-level=warn",
+                *self.extra_args,
             ],
-            stdout=open(self.log, "wb"),  # noqa: SIM115 - the daemon's own, kept with it
+            stdout=open(self.log, "ab"),  # noqa: SIM115 - the daemon's own, kept with it
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -83,13 +93,45 @@ class SmallDockerd:
                 if self.client is None:  # docker-py asks the daemon its API version as it is made
                     self.client = docker.DockerClient(base_url=self.base_url, timeout=60)
                 return bool(self.client.ping())
-            except docker.errors.DockerException:
+            except (docker.errors.DockerException, requests.RequestException):
                 return False
 
         wait_until(answers, 30, "the small dockerd to answer on its socket")
-        assert self.client is not None
-        self.client.images.load(b"".join(host_client.images.get(BUSYBOX).save(named=True)))
-        return self
+
+    def restart_after_kill(self, between: Callable[[], None] | None = None) -> None:
+        """SIGKILL dockerd alone, as a crash does (its containerd and the containers' shims live on), run
+        ``between()`` while it is down, then start it again on the same data."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(30)
+        self._forget_dead_containerd()
+        if between is not None:
+            between()
+        self._launch()
+
+    def _forget_dead_containerd(self) -> None:
+        """Its containerd dies with it (parent-death signal). Where nothing reaps the orphan (a sandbox's
+        PID 1, unlike systemd), it stays a zombie that dockerd's next start takes for a live containerd
+        by its pid file, and waits on for good: the file goes once the process is dead."""
+        pidfile = self.exec_root / "containerd" / "containerd.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return
+
+        def dead() -> bool:
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+            except OSError:
+                return True
+
+        wait_until(dead, 30, "the killed dockerd's containerd to end")
+        pidfile.unlink(missing_ok=True)
+
+    def signal(self, sig: int) -> None:
+        """SIGSTOP makes an engine that keeps its connections open and answers nothing, as a deadlocked one; SIGCONT ends it."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
 
     def stop(self) -> None:
         """End the daemon (its containerd with it), then unmount the tmpfs and remove every file of it."""
@@ -98,7 +140,7 @@ class SmallDockerd:
                 for c in self.client.api.containers(all=True, quiet=True):
                     self.client.api.remove_container(c["Id"], force=True, v=True)
                 self.client.networks.prune()  # their bridges live in the host's namespace, not on the tmpfs
-            except docker.errors.DockerException:
+            except (docker.errors.DockerException, requests.RequestException):
                 pass
             self.client.close()
         if self.proc is not None and self.proc.poll() is None:
@@ -108,6 +150,11 @@ class SmallDockerd:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+        # Shims a killed engine left (a test that failed between a kill and a start), and their containers' processes.
+        shims = subprocess.run(["pgrep", "-f", "--", f"-address {self.exec_root}/"], capture_output=True, text=True).stdout.split()
+        for pid in shims:
+            subprocess.run(["pkill", "-KILL", "-P", pid], check=False)
+            subprocess.run(["kill", "-KILL", pid], check=False, capture_output=True)
         if self._mounted:
             # Lazily: overlay mounts of the daemon's containers may linger below it a moment.
             subprocess.run(["umount", "--lazy", "--recursive", str(self.mount)], check=False)

@@ -145,10 +145,17 @@ def test_hardening_no_new_privileges_and_reduced_capabilities(run_task):
 
 
 def test_network_none_has_only_loopback(run_task):
-    result = run_task(busybox_task("ls /sys/class/net", network="none"))
+    # Only lo, and lo works: a server on 127.0.0.1 answers a client that names it "localhost".
+    result = run_task(
+        busybox_task(
+            "ls /sys/class/net; mkdir /tmp/www; echo served-here > /tmp/www/index.html;"
+            "httpd -p 127.0.0.1:8080 -h /tmp/www && wget -q -O- http://localhost:8080/",
+            network="none",
+        )
+    )
     assert result.state == "succeeded", result.message
     lines = read_log(result.log.location).decode().splitlines()
-    assert [line.split(" ", 1)[1] for line in lines] == ["lo"]
+    assert [line.split(" ", 1)[1] for line in lines] == ["lo", "served-here"]
 
 
 def test_limits_reach_the_container(run_task):

@@ -345,3 +345,39 @@ def test_the_mount_check_is_repeated_against_the_policy(make_config, shared: Pat
         options(cfg, task(mounts=[{"source": f"{shared}/ok", "target": "/a", "read_only": False}]))
     with pytest.raises(PolicyDenied, match=r"task\.mounts\[0\]\.source"):
         options(cfg, task(mounts=[{"source": "/etc", "target": "/a"}]))
+
+
+def test_no_network_makes_no_docker_network_and_a_bridge_task_joins_its_own(make_config) -> None:
+    cfg = make_config({})
+    t = task()
+    none = options(cfg, t)
+    assert (none["network_mode"], none["network_disabled"]) == ("none", True)  # no sandbox, endpoint or setkey hook
+    assert "network" not in none
+    bridge = container_options(cfg, t, policy.effective_resources(cfg, t), "farmhand-net-1", {})
+    assert bridge["network"] == "farmhand-net-1" and "network_mode" not in bridge and "network_disabled" not in bridge
+
+
+def test_a_container_without_network_gets_dockers_hosts_file() -> None:
+    import io
+    import tarfile
+
+    from farmhand.container_run import NO_NETWORK_HOSTS, give_hosts_file
+
+    calls: list[tuple[str, str, bytes]] = []
+
+    class Api:
+        def put_archive(self, cid: str, path: str, data: bytes) -> None:
+            calls.append((cid, path, data))
+
+    class Client:
+        api = Api()
+
+    give_hosts_file(Client(), "c1", {"network": "farmhand-net-1"})  # type: ignore[arg-type]
+    assert calls == []  # Docker writes a networked container's own
+    give_hosts_file(Client(), "c1", {"network_mode": "none", "network_disabled": True})  # type: ignore[arg-type]
+    [(cid, path, data)] = calls
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        [entry] = tar.getmembers()
+        assert (cid, path, entry.name, entry.mode, entry.uid) == ("c1", "/", "etc/hosts", 0o644, 0)
+        assert tar.extractfile(entry).read().decode() == NO_NETWORK_HOSTS  # type: ignore[union-attr]
+    assert NO_NETWORK_HOSTS.startswith("127.0.0.1\tlocalhost\n")

@@ -91,3 +91,36 @@ def test_the_broker_file_is_readable_by_the_worker_alone(tmp_path: Path) -> None
         q.get(timeout=1).ack()
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.glob("broker.sqlite*")}
     assert "broker.sqlite" in modes and set(modes.values()) == {0o600}, modes
+
+
+def test_a_wake_up_that_brings_nothing_hands_control_back_to_the_worker_loop(tmp_path: Path) -> None:
+    """A freed slot wakes the consumer; its loop must run the pending consume then, not sleep out drain_events."""
+    import socket
+    import threading
+
+    from farmhand.dispatch import wake
+
+    conn, q = _queue(f"farmhand+sqlite:///{tmp_path}/broker.sqlite")
+    with conn:
+        q.consumer  # noqa: B018 - consumes "default", which stays empty
+        outcome: list[str] = []
+        listening = threading.Event()
+
+        def drain() -> None:
+            conn.transport._listener()  # made before the wake-up is sent
+            listening.set()
+            try:
+                conn.drain_events(timeout=None)  # forever, but for a wake-up
+                outcome.append("delivered")
+            except socket.timeout:
+                outcome.append("returned")
+
+        thread = threading.Thread(target=drain, daemon=True)
+        thread.start()
+        assert listening.wait(30)
+        for _ in range(150):  # up to 30 s of wake-ups, each a chance to return
+            if outcome:
+                break
+            wake.notify(tmp_path, "consumer")
+            thread.join(0.2)
+        assert outcome == ["returned"]

@@ -20,9 +20,9 @@ from farmhand.task import ArtifactSpec, parse_task
 TASK = parse_task({"image": "busybox", "command": ["true"], "max_run_time": 60, "idle_timeout": 30, "retry_on_exit_codes": [75]})
 
 
-def outcome(code: int | None = 0, *, oom: bool = False, stopped: str | None = None, complete: bool = True) -> RunOutcome:
+def outcome(code: int | None = 0, *, oom: bool = False, stopped: str | None = None, complete: bool = True, outages: int = 0) -> RunOutcome:
     log = LogSummary(Path("/nonexistent"), 5, "ab" * 32, False, 0, complete)
-    return RunOutcome("c1", code, oom, stopped, log, {"samples": 1})
+    return RunOutcome("c1", code, oom, stopped, log, {"samples": 1}, engine_outages=outages)
 
 
 @pytest.mark.parametrize(
@@ -37,6 +37,12 @@ def outcome(code: int | None = 0, *, oom: bool = False, stopped: str | None = No
         (outcome(137, stopped="idle-timeout"), "failed", "idle-timeout"),
         (outcome(143, stopped="cancelled"), "exception", "cancelled"),
         (outcome(75, oom=True, stopped="max-run-time"), "failed", "max-run-time"),  # the clock that stopped it comes first
+        # The engine went away under the run: its 255 may be the status it lost, not the command's.
+        (outcome(255, outages=1), "exception", "docker-error"),
+        (outcome(255), "failed", "nonzero-exit"),
+        (outcome(0, outages=2), "succeeded", None),
+        (outcome(2, outages=1), "failed", "nonzero-exit"),
+        (outcome(255, outages=1, stopped="cancelled"), "exception", "cancelled"),
     ],
 )
 def test_a_run_outcome_becomes_the_result_verdict(run: RunOutcome, state: str, reason: str | None) -> None:

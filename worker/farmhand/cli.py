@@ -351,9 +351,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     """One garbage collection pass, as the worker makes them: each item with its size and why; --dry-run removes nothing."""
     from farmhand import gc
     from farmhand.dispatch.settings import node_name
-    from docker.errors import DockerException
-
-    from farmhand.docker_client import error_text
+    from farmhand.docker_client import DOCKER_ERRORS, error_text
     from farmhand.gc_pass import Collector, lock_held
 
     config = load_config(args.config)
@@ -363,7 +361,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     live = frozenset({name}) if lock_held(config.working_dir / WORKER_LOCK) else frozenset()
     try:
         report = Collector(config, client, owners=frozenset({name, "farmhand"}), live=live).run(dry_run=args.dry_run)
-    except DockerException as exc:
+    except DOCKER_ERRORS as exc:
         print(f"farmhand: gc: Docker engine error: {error_text(exc)}", file=sys.stderr)
         return EXIT["exception"]
     if args.json:
@@ -467,6 +465,39 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
         problems += not ok
     return 0 if problems == 0 else EXIT["exception"]
+
+
+def cmd_engine_check(args: argparse.Namespace) -> int:
+    """Probe the Docker engine once; restart it after ``--after`` stuck checks in a row (see ``farmhand.engine_check``)."""
+    import pathlib
+    import shlex
+    import subprocess
+
+    import docker
+
+    from farmhand import engine_check
+
+    config = load_config(args.config)
+    state = pathlib.Path(args.state)
+    # Not connect(), nor docker-py's version negotiation: each is a call a stuck engine may never answer,
+    # and this check's calls must each run under its own clock. Every call it makes exists since API 1.40.
+    kwargs: dict[str, Any] = {"timeout": int(config.docker_timeout), "version": engine_check.API_VERSION}
+    client = docker.DockerClient(base_url=config.docker_base_url, **kwargs) if config.docker_base_url else docker.from_env(**kwargs)
+    results = engine_check.run_probes(engine_check.probes(client.api), config.docker_timeout)
+    verdict = engine_check.decide(results, engine_check.load_count(state), args.after)
+    engine_check.save_count(state, verdict.stuck_in_a_row)
+    print(verdict.line, flush=True)
+    if not verdict.restart:
+        return 0 if verdict.stuck_in_a_row == 0 else EXIT["exception"]
+    if not args.restart:
+        print("engine-check: --restart not given: restart it yourself (systemctl restart docker.service)")
+        return EXIT["exception"]
+    command = shlex.split(args.restart_command) if args.restart_command else list(engine_check.RESTART)
+    done = subprocess.run(command, check=False)
+    if done.returncode != 0:
+        print(f"engine-check: {shlex.join(command)} exited {done.returncode}", file=sys.stderr)
+        return EXIT["exception"]
+    return 0
 
 
 def cmd_firewall(args: argparse.Namespace) -> int:
@@ -591,6 +622,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ck = sub.add_parser("check", help="is this host ready: config, Docker, working dir, broker, SSH key")
     ck.set_defaults(func=cmd_check)
+
+    ec = sub.add_parser("engine-check", help="is the Docker engine stuck (calls unanswered past docker.timeout)? restart it when it stays so (as root, from a timer)")
+    ec.add_argument("--restart", action="store_true", help="restart the engine after --after stuck checks in a row")
+    ec.add_argument("--after", type=int, default=2, metavar="N", help="stuck checks in a row before a restart (default 2)")
+    ec.add_argument("--state", default="/run/farmhand/engine-check.json", metavar="FILE", help="where the count of stuck checks in a row is kept between runs")
+    ec.add_argument("--restart-command", metavar="CMD", help="instead of `systemctl restart docker.service` (a dockerd not run by systemd)")
+    ec.set_defaults(func=cmd_engine_check)
 
     fw = sub.add_parser("firewall", help="iptables rules (as root): task networks reach neither this host nor link-local/metadata addresses")
     fw_sub = fw.add_subparsers(dest="firewall_command", required=True)

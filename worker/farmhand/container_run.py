@@ -7,8 +7,11 @@ idle_timeout) and reads the verdict, so no stream can stall the supervision.
 
 from __future__ import annotations
 
+import io
+import tarfile
 import threading
 import time
+from functools import cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +23,7 @@ from docker.types import LogConfig, Mount, Ulimit
 from farmhand.config import WorkerConfig
 from farmhand.docker_client import error_text, parse_time
 from farmhand.docker_logs import OutputStream, rotated_head_check
+from farmhand.engine_outage import GONE, EngineWatch
 from farmhand.errors import StartFailed
 from farmhand.logpump import LogPump
 from farmhand.masking import StreamMasker
@@ -117,10 +121,47 @@ def container_options(
         detach=True,
     )
     if network is None:
+        # No network at all, and none of Docker's networking machinery either (``NetworkDisabled``):
+        # the kernel gives the container a namespace of its own holding only ``lo``, as ``--network
+        # none`` does, but dockerd makes no sandbox, endpoint or ``libnetwork-setkey`` hook for it.
+        # That is most of the cost of starting a container, and Debian 12's dockerd 20.10 can deadlock
+        # for good when containers on one network (every "none" container shares one) come and go
+        # fast (moby/moby#46661). The /etc/hosts Docker would have written is copied in before start.
         opts["network_mode"] = "none"
+        opts["network_disabled"] = True
     else:
         opts["network"] = network
     return opts
+
+
+#: What Docker writes to /etc/hosts for a container on its "none" network: ``localhost`` must resolve.
+NO_NETWORK_HOSTS = (
+    "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n"
+    "ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+)
+
+
+@cache
+def _hosts_archive() -> bytes:
+    """``etc/hosts`` (root, 0644) as a tar stream for Docker's archive API."""
+    data = NO_NETWORK_HOSTS.encode()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        entry = tarfile.TarInfo("etc/hosts")
+        entry.size, entry.mode, entry.mtime = len(data), 0o644, 0
+        tar.addfile(entry, io.BytesIO(data))
+    return out.getvalue()
+
+
+def give_hosts_file(client: docker.DockerClient, container_id: str, options: dict[str, Any]) -> None:
+    """The /etc/hosts of a container made with ``network_disabled`` (see ``container_options``), before it starts.
+
+    dockerd writes none for such a container, and an image's own is often
+    empty, so ``localhost`` would not resolve. The copy lands in the
+    container's own layer, writable as Docker's would be.
+    """
+    if options.get("network_disabled"):
+        client.api.put_archive(container_id, "/", _hosts_archive())
 
 
 STATS_DELAY = 0.5  # seconds a container runs before its usage is sampled
@@ -202,6 +243,7 @@ def run_container(
         if exc.is_client_error() and exc.status_code != 404:
             raise StartFailed(f"the container could not be created: {error_text(exc)}") from exc
         raise
+    give_hosts_file(client, container.id, options)
     _start(container)
     report(f"container {container.short_id} started")
     return supervise(client, config, task, container, log_path, report, cancel, tick=tick)
@@ -225,8 +267,10 @@ def adopt_container(
     max-size/max-file): the log then starts with a ``[farmhand]`` line that
     says so, and its summary is not complete and carries that warning.
     """
-    state = client.api.inspect_container(container.id)["State"]
+    info = client.api.inspect_container(container.id)
+    state = info["State"]
     if state.get("Status") == "created":  # the earlier process died between create and start
+        give_hosts_file(client, container.id, {"network_disabled": (info.get("Config") or {}).get("NetworkDisabled")})
         _start(container)
         state = client.api.inspect_container(container.id)["State"]
     head_check = rotated_head_check(client.api, container.id, log_path)  # reads the earlier log before it goes
@@ -272,8 +316,17 @@ def supervise(
     started = time.monotonic() - already
 
     exited = threading.Event()
+    deadline = started + task.max_run_time
+    # An engine that went away is waited for until the task's clocks are out or it is cancelled.
+    watch = EngineWatch(
+        client.api,
+        report,
+        container.id,
+        config.docker_timeout,
+        give_up=lambda: time.monotonic() > deadline + config.kill_grace + 60 or (cancel is not None and cancel.is_set()),
+    )
     pump = LogPump(
-        OutputStream(client, container.id, exited),
+        OutputStream(client, container.id, exited, watch=watch),
         log_path,
         config.log_max_bytes,
         masker,
@@ -285,7 +338,7 @@ def supervise(
 
     def _wait() -> None:
         try:
-            wait_result.update(container.wait())
+            wait_result.update(watch.call(container.wait))
         except BaseException as exc:  # noqa: BLE001 - surfaced below
             wait_result["error"] = exc
         finally:
@@ -294,9 +347,9 @@ def supervise(
     threading.Thread(target=_wait, name=f"wait:{container.short_id}", daemon=True).start()
 
     stopped_for: str | None = None
-    deadline = started + task.max_run_time
     while not exited.wait(min(tick, max(0.0, sample_from - time.monotonic())) if not sampler.started else tick):
         now = time.monotonic()
+        watch.maybe_probe()
         if not sampler.started and now >= sample_from:
             sampler.start()
         if cancel is not None and cancel.is_set():
@@ -307,7 +360,7 @@ def supervise(
             stopped_for = "idle-timeout"
         if stopped_for:
             report(f"stopping container: {stopped_for}")
-            _stop(container, config.kill_grace)
+            _stop(container, config.kill_grace, report)
             if not exited.wait(config.kill_grace + 60):
                 report("the container did not stop; cleanup will remove it by force")
             break
@@ -316,7 +369,7 @@ def supervise(
     if "error" in wait_result:
         raise wait_result["error"]
     try:
-        state = client.api.inspect_container(container.id)["State"]
+        state = watch.call(lambda: client.api.inspect_container(container.id))["State"]
     except NotFound:
         state = {}
     exit_code = state.get("ExitCode", wait_result.get("StatusCode"))
@@ -327,10 +380,11 @@ def supervise(
         stopped_for=stopped_for,
         log=log,
         usage=sampler.summary(),
+        engine_outages=watch.outages,
     )
 
 
-def _stop(container: Any, grace: float) -> None:
+def _stop(container: Any, grace: float, report: Callable[[str], None]) -> None:
     """SIGTERM, then SIGKILL after ``grace`` seconds; a container already gone is fine."""
     try:
         container.stop(timeout=int(max(0, grace)))
@@ -341,3 +395,5 @@ def _stop(container: Any, grace: float) -> None:
             container.kill()
         except (NotFound, APIError):
             pass
+    except GONE as exc:
+        report(f"the container could not be stopped: the Docker engine is away ({type(exc).__name__})")

@@ -23,10 +23,15 @@ from typing import Any
 import docker
 from docker.errors import DockerException, NotFound, create_api_error_from_http_exception
 from docker.utils import decode_json_header
-from requests import HTTPError
+from requests import HTTPError, RequestException
 
 from farmhand.config import WorkerConfig
 from farmhand.errors import ConfigError
+
+
+#: A Docker call that failed: the engine refused it (docker-py's errors), or the connection broke or
+#: timed out under it (requests' errors, which docker-py lets through as they are).
+DOCKER_ERRORS: tuple[type[Exception], ...] = (DockerException, RequestException)
 
 
 def connect(config: WorkerConfig) -> docker.DockerClient:

@@ -39,6 +39,7 @@ import requests
 from docker.errors import DockerException, NotFound, create_api_error_from_http_exception
 
 from farmhand.docker_client import since_param
+from farmhand.engine_outage import EngineWatch, gone
 
 FRAME_HEADER = 8
 READ_SIZE = 1 << 20
@@ -150,10 +151,13 @@ class OutputStream:
     #: How long a stream that ended waits for ``exited`` before it asks Docker whether the container still runs.
     EXIT_GRACE = 0.5
 
-    def __init__(self, client: docker.DockerClient, container_id: str, exited: threading.Event | None = None) -> None:
+    def __init__(
+        self, client: docker.DockerClient, container_id: str, exited: threading.Event | None = None, watch: "EngineWatch | None" = None
+    ) -> None:
         self._api = client.api
         self._id = container_id
         self._exited = exited
+        self._watch = watch  # the engine going away under the stream: wait for it, then follow on from the last frame
         self._response: requests.Response | None = None
         self._closed = False
         self.last_frame: bytes | None = None
@@ -222,9 +226,12 @@ class OutputStream:
         if self._exited is not None and self._exited.wait(self.EXIT_GRACE):
             return False
         try:
-            return bool(self._api.inspect_container(self._id)["State"].get("Running"))
+            return bool(self._call(lambda: self._api.inspect_container(self._id))["State"].get("Running"))
         except NotFound:
             return False
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        return fn() if self._watch is None else self._watch.call(fn)
 
     def _complete(self) -> bool:
         """Whether the last frame Docker holds is the last one received."""
@@ -239,14 +246,21 @@ class OutputStream:
     def frame_batches(self) -> Iterator[list[bytearray]]:
         try:
             while not self._closed:
-                yield from self._batches(self._open(follow=1, **self._resume_params()))
+                try:
+                    yield from self._batches(self._open(follow=1, **self._resume_params()))
+                except Exception as exc:  # noqa: BLE001 - only an engine that went away is waited for
+                    self._close_response()
+                    if self._closed or self._watch is None or not gone(exc) or not self._watch.wait_back(exc):
+                        raise
+                    self.resumes += 1  # the engine is back: follow on from the last frame received
+                    continue
                 self._close_response()
                 if self._closed or not self._running():
                     break
                 self.resumes += 1  # the stream was cut while the task runs: follow again
-            if not self._closed and not self._complete():
+            if not self._closed and not self._call(self._complete):
                 self.resumes += 1
-                yield from self._batches(self._open(**self._resume_params()))
+                yield from self._batches(self._call(lambda: self._open(**self._resume_params())))
         except Exception:  # noqa: BLE001 - a stream closed on purpose ends quietly
             if not self._closed:
                 raise

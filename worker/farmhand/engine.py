@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import requests
 from docker.errors import DockerException
 
 from farmhand import artifacts as artifact_stage
@@ -36,7 +37,8 @@ from farmhand.checkpoint import CHECKPOINT_NAME, LOCK_NAME, Attempt, load_checkp
 from farmhand.config import WorkerConfig
 from farmhand.container_run import adopt_container, run_container
 from farmhand.devices import DevicePool, journaled
-from farmhand.docker_client import error_text
+from farmhand.docker_client import DOCKER_ERRORS, error_text
+from farmhand.engine_outage import gone
 from farmhand.errors import Cancelled, PolicyDenied, TaskProblem, UploadFailed, cancel_message
 from farmhand.events import NullReporter, Reporter, StageEvents
 from farmhand.locks import Held, hold
@@ -298,7 +300,7 @@ class Engine:
             return []
         try:
             left = self.client.api.containers(all=True, quiet=True, filters={"label": f"{sandbox.TASK_LABEL}={attempt.task.task_id}"})
-        except DockerException as exc:
+        except DOCKER_ERRORS as exc:
             left, reason = [None], f"its containers cannot be listed: {error_text(exc)}"
         else:
             reason = "a container of the task could not be removed"
@@ -331,6 +333,9 @@ def _conclude_problem(result: Result, exc: Exception) -> None:
         result.conclude(exc.state, exc.reason, exc.message)
     elif isinstance(exc, DockerException):
         result.conclude("exception", "docker-error", f"Docker engine error: {error_text(exc)}")
+    elif gone(exc) or isinstance(exc, requests.exceptions.Timeout):
+        # Not a bug of ours, nor the task's: the engine went away, or left a call unanswered past docker.timeout.
+        result.conclude("exception", "docker-error", f"the Docker engine did not answer: {type(exc).__name__}: {exc}")
     else:
         log.error("internal error in task %s:\n%s", result.task_id, traceback.format_exc())
         result.conclude("exception", "internal-error", f"internal error: {type(exc).__name__}: {exc}")

@@ -30,7 +30,7 @@ from farmhand import gc, pending
 from farmhand.checkpoint import CHECKPOINT_NAME, LOCK_NAME
 from farmhand.config import WorkerConfig
 from farmhand.delivery import local_copies
-from farmhand.docker_client import error_text, parse_time
+from farmhand.docker_client import DOCKER_ERRORS, error_text, parse_time
 from farmhand.image_usage import Snapshot, Usage
 from farmhand.locks import Held, hold
 from farmhand.network_pool import POOL_LABEL
@@ -58,7 +58,7 @@ def docker_root(config: WorkerConfig, client: docker.DockerClient) -> str | None
     if root is None:
         try:
             root = client.info().get("DockerRootDir")
-        except DockerException:
+        except DOCKER_ERRORS:
             return None
     return root if root and os.path.isdir(root) else None
 

@@ -156,11 +156,11 @@ class Usage:
 
 def local_id(client: Any, ref: str) -> str | None:
     """The id ``ref`` names on the host now, or None (before a pull that may replace it)."""
-    from docker.errors import DockerException
+    from farmhand.docker_client import DOCKER_ERRORS
 
     try:
         return str(client.api.inspect_image(ref)["Id"])
-    except DockerException:
+    except DOCKER_ERRORS:
         return None
 
 

@@ -14,13 +14,13 @@ from typing import Any, Callable
 
 import docker
 from docker.auth import resolve_repository_name
-from docker.errors import APIError, DockerException, ImageNotFound
+from docker.errors import APIError, ImageNotFound
 from docker.utils import parse_repository_tag
 
 from farmhand import metrics
 from farmhand.backoff import backoff_delay
 from farmhand.config import WorkerConfig
-from farmhand.docker_client import error_text
+from farmhand.docker_client import DOCKER_ERRORS, error_text
 from farmhand.errors import ImageUnavailable, PolicyDenied
 from farmhand.policy import human_size
 
@@ -120,8 +120,8 @@ def ensure_image(
         except ImageNotFound:
             if pull_policy == "never":
                 raise ImageUnavailable(f"image {image!r} is not on this host and its pull policy is 'never'") from None
-        except DockerException as exc:
-            raise ImageUnavailable(f"image {image!r}: cannot inspect it: {exc}") from exc
+        except DOCKER_ERRORS as exc:
+            raise ImageUnavailable(f"image {image!r}: cannot inspect it: {error_text(exc)}") from exc
         else:
             return _within_size(config, image, found)
 
@@ -135,7 +135,7 @@ def ensure_image(
         try:
             _pull_once(client, image, auth, progress)
             found = client.images.get(ref)
-        except (APIError, DockerException) as exc:
+        except DOCKER_ERRORS as exc:
             metrics.image_pulled(time.monotonic() - began, ok=False)
             last = exc
             text = error_text(exc)

@@ -29,9 +29,9 @@ import threading
 import uuid
 
 import docker
-from docker.errors import DockerException, NotFound
+from docker.errors import NotFound
 
-from farmhand.docker_client import error_text
+from farmhand.docker_client import DOCKER_ERRORS, error_text
 from farmhand.firewall import BRIDGE_PREFIX
 
 POOL_LABEL = "farmhand.network"
@@ -72,8 +72,8 @@ class NetworkPool:
         """Take a network back after its task's containers are removed; returns what went wrong, never raises."""
         try:
             in_use = self._in_use(name)
-        except DockerException as exc:
-            return [f"network {name}: cannot list its containers: {exc}"]
+        except DOCKER_ERRORS as exc:
+            return [f"network {name}: cannot list its containers: {error_text(exc)}"]
         if not in_use:
             with self._lock:
                 if not self._closed and len(self._idle) < self.keep:
@@ -121,6 +121,6 @@ class NetworkPool:
             self.client.api.remove_network(name)
         except NotFound:
             pass
-        except DockerException as exc:
+        except DOCKER_ERRORS as exc:
             return [f"network {name}: {error_text(exc)}"]
         return []

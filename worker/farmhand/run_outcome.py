@@ -16,6 +16,14 @@ from farmhand.result import LogRecord, Result
 from farmhand.task import Task
 
 
+#: The exit code dockerd gives a container whose exit it saw happen but could not record before it went away.
+LOST_EXIT_CODE = 255
+ENGINE_LOST_STATUS = (
+    "the Docker engine went away while the task ran and now reports exit code 255, which is also what it reports for "
+    "a container whose real exit status it lost: whether the command succeeded is unknown (its log is kept)"
+)
+
+
 @dataclass
 class RunOutcome:
     container_id: str
@@ -24,6 +32,8 @@ class RunOutcome:
     stopped_for: str | None  # "max-run-time" | "idle-timeout" | "cancelled" | None
     log: LogSummary
     usage: dict[str, Any] = field(default_factory=dict)
+    #: Times the Docker engine went away and came back while the container was watched (``engine_outage``).
+    engine_outages: int = 0
 
 
 def record_run(result: Result, task: Task, outcome: RunOutcome, cancel_reason: str = "cancelled") -> None:
@@ -47,6 +57,8 @@ def record_run(result: Result, task: Task, outcome: RunOutcome, cancel_reason: s
         result.conclude("failed", "max-run-time", f"stopped after max_run_time of {task.max_run_time}s")
     elif outcome.stopped_for == "idle-timeout":
         result.conclude("failed", "idle-timeout", f"stopped after {task.idle_timeout}s without output (idle_timeout)")
+    elif outcome.engine_outages and code == LOST_EXIT_CODE and not outcome.oom_killed:
+        result.conclude("exception", "docker-error", ENGINE_LOST_STATUS)
     elif outcome.oom_killed and code != 0:
         result.conclude("failed", "oom-killed", "the container ran out of memory and was killed (memory limit reached)")
     elif code == 0:

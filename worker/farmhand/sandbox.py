@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import docker
-from docker.errors import APIError, DockerException, NotFound
+from docker.errors import NotFound
 
 from farmhand.config import HostMountRule, host_mount_rule, under
-from farmhand.docker_client import error_text
+from farmhand.docker_client import DOCKER_ERRORS, error_text
 from farmhand.errors import Cancelled, PolicyDenied, ServiceUnready, TaskProblem
 from farmhand.in_container import HOST_MOUNTS, hint
 from farmhand.task import Service
@@ -219,7 +219,7 @@ def _probe(client: docker.DockerClient, container_id: str, command: list[str], d
             for chunk in client.api.exec_start(exec_id, stream=True):
                 tail.extend(chunk)
                 del tail[:-PROBE_OUTPUT]
-        except DockerException:
+        except DOCKER_ERRORS:
             pass
         finally:
             done.set()
@@ -254,13 +254,13 @@ def cleanup(client: docker.DockerClient, task_id: str, known: Sequence[str] | No
         try:
             # Ids only: docker-py's containers.list inspects each one, a call per container for nothing.
             ids = [c["Id"] for c in client.api.containers(all=True, quiet=True, filters={"label": f"{TASK_LABEL}={task_id}"})]
-        except DockerException as exc:
-            return [f"cannot list the task's containers: {exc}"]
+        except DOCKER_ERRORS as exc:
+            return [f"cannot list the task's containers: {error_text(exc)}"]
     for cid in ids:
         try:
             client.api.remove_container(cid, force=True, v=True)
         except NotFound:
             pass
-        except APIError as exc:
+        except DOCKER_ERRORS as exc:
             problems.append(f"container {cid[:12]}: {error_text(exc)}")
     return problems

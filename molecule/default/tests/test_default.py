@@ -192,3 +192,14 @@ def test_docker_socket_only_through_the_docker_group(host):
     base = "runuser -u farmhand -g farmhand {} -- docker version --format '{{{{.Server.Version}}}}'"
     assert host.run(base.format("-G docker")).rc == 0
     assert host.run(base.format("")).rc != 0
+
+
+def test_the_engine_check_timer_runs_and_finds_the_engine_answering(host):
+    timer = host.service("farmhand-engine-check.timer")
+    assert timer.is_enabled and timer.is_running
+    unit = host.file("/etc/systemd/system/farmhand-engine-check.service")
+    assert unit.user == "root" and unit.mode == 0o644
+    assert "engine-check --restart" in unit.content_string
+    out = host.run(f"{VENV}/bin/farmhand --config /etc/farmhand/config.yml engine-check --state /run/farmhand/engine-check-test.json")
+    assert out.rc == 0, out.stdout + out.stderr
+    assert out.stdout.startswith("engine-check: the Docker engine answers")

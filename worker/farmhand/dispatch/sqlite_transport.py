@@ -222,15 +222,18 @@ class Transport(virtual.Transport):
         """kombu's loop, with its sleep between empty polls replaced by a wait for a publisher's wake-up."""
         listener = self._listener()
         started = monotonic()
+        woken = False
         while True:
             try:
                 self.cycle.get(self._deliver, timeout=timeout)
                 return
             except Empty:
                 left = wake.SAFETY_POLL if timeout is None else timeout - (monotonic() - started)
-                if left <= 0:
+                if left <= 0 or woken:
+                    # A wake-up that brought nothing for the queues consumed now is often a freed slot: the
+                    # worker's loop must get control back to run its pending consume, not sleep out the timeout.
                     raise socket.timeout() from None
-                listener.wait(min(wake.SAFETY_POLL, left))
+                woken = listener.wait(min(wake.SAFETY_POLL, left))
 
     def _listener(self) -> wake.Listener | wake.Sleeper:
         listener: wake.Listener | wake.Sleeper | None = getattr(self, "_wake", None)
