@@ -23,12 +23,15 @@ from typing import Any, Iterator
 
 import docker
 import pytest
+import yaml
 
 from farmhand import engine_outage
-from farmhand.config import WorkerConfig
+from farmhand.config import WorkerConfig, load_config
+from farmhand.dispatch.client import Client
 from farmhand.engine import Engine
 from farmhand.result import Result
 from farmhand.sandbox import TASK_LABEL
+from dispatch_support import WorkerProcess
 from small_dockerd import SmallDockerd
 from support import BUSYBOX, Recorder, read_log, wait_until
 
@@ -149,3 +152,34 @@ def test_engine_check_restarts_an_engine_that_stays_stuck_and_leaves_a_healthy_o
     assert restarted.exists()
     after = check()
     assert after.returncode == 0 and "answers" in after.stdout
+
+
+def test_a_worker_lives_through_an_engine_crash_reports_its_running_task_once_and_runs_the_next(
+    engine_host: SmallDockerd, tmp_path: Path
+) -> None:
+    """The whole worker (embedded broker) on the small engine: dockerd is killed and started again mid-task."""
+    # Its data root is a small tmpfs: no free-space floor, or the node would take no task.
+    config = {"docker": {"base_url": engine_host.base_url}, "gc": {"min_free": 0, "min_free_inodes": 0}}
+    worker = WorkerProcess(tmp_path, {"CONCURRENCY": "1"}, config).start()
+    try:
+        (tmp_path / "client.yml").write_text(yaml.safe_dump({"working_dir": str(worker.working_dir)}))
+        client = Client(load_config(tmp_path / "client.yml", environ={}))
+        marker = f"fh-outage-{uuid.uuid4().hex[:8]}"
+        handle = client.submit({"image": BUSYBOX, "pull": "never", "command": ["sh", "-c", SCRIPT, marker], "network": "none", "max_run_time": 120})
+        assert engine_host.client is not None
+        wait_until(
+            lambda: any(b"before" in engine_host.client.api.logs(c["Id"]) for c in engine_host.client.api.containers(quiet=True, filters={"label": f"{TASK_LABEL}={handle.task_id}"})),
+            60, "the task to print its first line",
+        )
+        engine_host.restart_after_kill()
+        wait_until(lambda: "answers again" in worker.log(), 60, "the worker to watch the container again")
+        subprocess.run(["pkill", "-USR1", "-f", marker], check=True)
+        doc = handle.result(timeout=120)
+        assert (doc["state"], doc["reason"], doc["exit_code"]) == ("failed", "nonzero-exit", 3), doc
+        assert "went away" in worker.log()
+        after = client.submit({"image": BUSYBOX, "pull": "never", "command": ["true"], "network": "none", "max_run_time": 60}).result(timeout=120)
+        assert after["state"] == "succeeded", after
+        assert worker.proc is not None and worker.proc.poll() is None
+        wait_until(lambda: worker.journal_reported(handle.task_id), 30, "the worker's journal to record the result as reported")
+    finally:
+        worker.stop()
