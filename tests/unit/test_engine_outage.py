@@ -145,3 +145,46 @@ def test_a_probe_waits_its_interval_and_an_answering_engine_says_nothing(monkeyp
     w.maybe_probe()
     assert api.inspected.wait(30)
     assert said == []
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (requests.exceptions.ConnectionError("('Connection aborted.', ConnectionRefusedError(111))"), "docker-error"),
+        (requests.exceptions.ReadTimeout("UnixHTTPConnectionPool: Read timed out. (read timeout=120)"), "docker-error"),
+        (requests.exceptions.ChunkedEncodingError("Response ended prematurely"), "docker-error"),
+        (KeyError("State"), "internal-error"),  # a bug of ours stays one
+    ],
+)
+def test_a_docker_call_the_engine_never_answered_is_dockers_problem_not_a_bug(exc: Exception, reason: str) -> None:
+    from farmhand.engine import _conclude_problem
+    from farmhand.result import Result
+
+    result = Result(task_id="t")
+    _conclude_problem(result, exc)
+    assert (result.state, result.reason) == ("exception", reason)
+    if reason == "docker-error":
+        assert result.message.startswith("the Docker engine did not answer: ")
+
+
+def test_a_pull_the_engine_broke_is_retried_then_image_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from farmhand import images
+    from farmhand.errors import ImageUnavailable
+
+    attempts: list[int] = []
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        attempts.append(1)
+        raise requests.exceptions.ConnectionError("('Connection aborted.', RemoteDisconnected())")
+
+    monkeypatch.setattr(images, "_pull_once", broken)
+
+    class Config:
+        pull_attempts, pull_backoff, registries, max_image_size = 3, 0.0, {}, None
+
+        def credentials_for(self, registry: str) -> None:
+            return None
+
+    with pytest.raises(ImageUnavailable):
+        images.ensure_image(object(), Config(), "registry.example/app:1", "always", sleep=lambda s: None)  # type: ignore[arg-type]
+    assert len(attempts) == 3
