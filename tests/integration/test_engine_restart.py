@@ -110,7 +110,7 @@ def test_an_engine_that_stops_answering_is_reported_and_the_task_goes_on_once_it
     engine_host: SmallDockerd, make_config: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(engine_outage, "PROBE_EVERY", 0.5)
-    task = RunningTask(make_config(docker={"timeout": 3}), engine_host, client_timeout=3)
+    task = RunningTask(make_config(docker={"timeout": 5}), engine_host, client_timeout=5)
     engine_host.signal(signal.SIGSTOP)
     try:
         wait_until(lambda: task.said("has not answered an inspect"), 60, "the probe to report the engine unanswering")
@@ -126,7 +126,7 @@ def test_engine_check_restarts_an_engine_that_stays_stuck_and_leaves_a_healthy_o
     engine_host: SmallDockerd, make_config: Any, tmp_path: Path
 ) -> None:
     """`farmhand engine-check --restart` as the appliance's timer runs it; the restart command here ends the SIGSTOP."""
-    make_config(docker={"base_url": engine_host.base_url, "timeout": 2})
+    make_config(docker={"base_url": engine_host.base_url, "timeout": 5})
     assert engine_host.client is not None and engine_host.proc is not None
     engine_host.client.containers.run(BUSYBOX, ["sleep", "600"], detach=True, labels={TASK_LABEL: "held"}, network_disabled=True)
     state, restarted = tmp_path / "state.json", tmp_path / "restarted"
@@ -143,8 +143,8 @@ def test_engine_check_restarts_an_engine_that_stays_stuck_and_leaves_a_healthy_o
     engine_host.signal(signal.SIGSTOP)
     try:
         first = check()
-        assert first.returncode == 3 and "stuck (ping: no answer within 2s" in first.stdout and "1 of 2 checks" in first.stdout, first
-        assert "containers: no answer within 2s" in first.stdout and not restarted.exists()
+        assert first.returncode == 3 and "stuck (ping: no answer within 5s" in first.stdout and "1 of 2 checks" in first.stdout, first
+        assert "containers: no answer within 5s" in first.stdout and not restarted.exists()
         second = check()
     finally:
         engine_host.signal(signal.SIGCONT)
