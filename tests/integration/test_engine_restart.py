@@ -48,27 +48,41 @@ def engine_host(client: docker.DockerClient) -> Iterator[SmallDockerd]:
         dd.stop()
 
 
+def marked_task() -> tuple[str, dict[str, Any]]:
+    """A marker and the task whose shell it names: SCRIPT, without a network."""
+    marker = f"fh-outage-{uuid.uuid4().hex[:8]}"
+    return marker, {"image": BUSYBOX, "pull": "never", "command": ["sh", "-c", SCRIPT, marker], "network": "none", "max_run_time": 120}
+
+
+def wait_printed_before(dd: SmallDockerd, task_id: str) -> None:
+    def printed() -> bool:
+        assert dd.client is not None
+        found = dd.client.api.containers(quiet=True, filters={"label": f"{TASK_LABEL}={task_id}"})
+        return bool(found) and b"before" in dd.client.api.logs(found[0]["Id"])
+
+    wait_until(printed, 60, "the task to print its first line")
+
+
+def end_command(marker: str) -> None:
+    """SIGUSR1 to the task's shell, then wait until it has exited."""
+    subprocess.run(["pkill", "-USR1", "-f", marker], check=True)
+    wait_until(lambda: subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode != 0, 60, "the task's command to exit")
+
+
 class RunningTask:
     """One task on the small engine, run by an Engine in a thread, its shell findable by ``marker``."""
 
     def __init__(self, config: WorkerConfig, dd: SmallDockerd, client_timeout: int = 60) -> None:
-        self.dd, self.marker, self.task_id = dd, f"fh-outage-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
-        doc = {"image": BUSYBOX, "pull": "never", "command": ["sh", "-c", SCRIPT, self.marker], "network": "none", "max_run_time": 120}
+        self.task_id = uuid.uuid4().hex
+        self.marker, doc = marked_task()
         self.rec, self._out = Recorder(), []
         engine = Engine(config, docker.DockerClient(base_url=dd.base_url, timeout=client_timeout), self.rec)
         self._thread = threading.Thread(target=lambda: self._out.append(engine.run(doc, task_id=self.task_id)), daemon=True)
         self._thread.start()
-        wait_until(self._printed_before, 60, "the task to print its first line")
-
-    def _printed_before(self) -> bool:
-        assert self.dd.client is not None
-        found = self.dd.client.api.containers(quiet=True, filters={"label": f"{TASK_LABEL}={self.task_id}"})
-        return bool(found) and b"before" in self.dd.client.api.logs(found[0]["Id"])
+        wait_printed_before(dd, self.task_id)
 
     def end_command(self) -> None:
-        """SIGUSR1 to the task's shell, then wait until it has exited."""
-        subprocess.run(["pkill", "-USR1", "-f", self.marker], check=True)
-        wait_until(lambda: subprocess.run(["pgrep", "-f", self.marker], capture_output=True).returncode != 0, 60, "the task's command to exit")
+        end_command(self.marker)
 
     def said(self, text: str) -> bool:
         return any(e[0] == "progress" and text in e[2] for e in self.rec.events)
@@ -164,16 +178,12 @@ def test_a_worker_lives_through_an_engine_crash_reports_its_running_task_once_an
     try:
         (tmp_path / "client.yml").write_text(yaml.safe_dump({"working_dir": str(worker.working_dir)}))
         client = Client(load_config(tmp_path / "client.yml", environ={}))
-        marker = f"fh-outage-{uuid.uuid4().hex[:8]}"
-        handle = client.submit({"image": BUSYBOX, "pull": "never", "command": ["sh", "-c", SCRIPT, marker], "network": "none", "max_run_time": 120})
-        assert engine_host.client is not None
-        wait_until(
-            lambda: any(b"before" in engine_host.client.api.logs(c["Id"]) for c in engine_host.client.api.containers(quiet=True, filters={"label": f"{TASK_LABEL}={handle.task_id}"})),
-            60, "the task to print its first line",
-        )
+        marker, doc = marked_task()
+        handle = client.submit(doc)
+        wait_printed_before(engine_host, handle.task_id)
         engine_host.restart_after_kill()
         wait_until(lambda: "answers again" in worker.log(), 60, "the worker to watch the container again")
-        subprocess.run(["pkill", "-USR1", "-f", marker], check=True)
+        end_command(marker)
         doc = handle.result(timeout=120)
         assert (doc["state"], doc["reason"], doc["exit_code"]) == ("failed", "nonzero-exit", 3), doc
         assert "went away" in worker.log()

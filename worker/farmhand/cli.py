@@ -473,16 +473,14 @@ def cmd_engine_check(args: argparse.Namespace) -> int:
     import shlex
     import subprocess
 
-    import docker
-
     from farmhand import engine_check
+    from farmhand.docker_client import make_client
 
     config = load_config(args.config)
     state = pathlib.Path(args.state)
     # Not connect(), nor docker-py's version negotiation: each is a call a stuck engine may never answer,
     # and this check's calls must each run under its own clock. Every call it makes exists since API 1.40.
-    kwargs: dict[str, Any] = {"timeout": int(config.docker_timeout), "version": engine_check.API_VERSION}
-    client = docker.DockerClient(base_url=config.docker_base_url, **kwargs) if config.docker_base_url else docker.from_env(**kwargs)
+    client = make_client(config, version=engine_check.API_VERSION)
     results = engine_check.run_probes(engine_check.probes(client.api), config.docker_timeout)
     verdict = engine_check.decide(results, engine_check.load_count(state), args.after)
     engine_check.save_count(state, verdict.stuck_in_a_row)

@@ -39,10 +39,7 @@ def connect(config: WorkerConfig) -> docker.DockerClient:
     if (config.docker_base_url or os.environ.get("DOCKER_HOST") or "").startswith("ssh://"):
         _load_ssh_transport()
     try:
-        if config.docker_base_url:
-            client = docker.DockerClient(base_url=config.docker_base_url, timeout=int(config.docker_timeout))
-        else:
-            client = docker.from_env(timeout=int(config.docker_timeout))
+        client = make_client(config)
         if client.api.base_url.startswith("http+docker://"):
             # A Unix socket has no proxy and no netrc: without this, requests scans the
             # environment and looks for ~/.netrc on each of a task's dozen API calls.
@@ -54,6 +51,14 @@ def connect(config: WorkerConfig) -> docker.DockerClient:
         where = config.docker_base_url or "DOCKER_HOST or /var/run/docker.sock"
         raise ConfigError(f"docker: cannot reach the Docker engine at {where}: {exc}{hint(DOCKER_SOCKET)}") from exc
     return client
+
+
+def make_client(config: WorkerConfig, **kwargs: Any) -> docker.DockerClient:
+    """A client for the configured engine (``docker.base_url``, else DOCKER_HOST or the local socket), unchecked."""
+    kwargs.setdefault("timeout", int(config.docker_timeout))
+    if config.docker_base_url:
+        return docker.DockerClient(base_url=config.docker_base_url, **kwargs)
+    return docker.from_env(**kwargs)
 
 
 def _load_ssh_transport() -> None:
